@@ -1,0 +1,1 @@
+"""Benchmarks: engine compute, end-to-end latency against the blueprint baseline, capacity."""

@@ -1,0 +1,83 @@
+"""`stemlink bench engine`: compute latency per inference window and real-time factor per
+preset, with the real model on real audio, on this machine."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stemlink import audio as aio
+from stemlink.bench.machine import describe, machine
+from stemlink.bench.stats import markdown_table, pct
+from stemlink.engine.presets import PRESETS
+from stemlink.engine.session import open_engine
+
+
+def bench_engine(model: str, backend: str, seconds: float, audio_path: str | None,
+                 iterations: int) -> dict:
+    from stemlink.export.checkpoint import example_audio
+
+    x, sr = aio.read_audio(audio_path or example_audio())
+    engine = open_engine(model, backend)
+    try:
+        card = engine.card
+        x = aio.resample(aio.to_channels(x, card.channels), sr, card.sample_rate)
+        reps = max(1, int(np.ceil(seconds * card.sample_rate / x.shape[1])))
+        x = np.tile(x, (1, reps))[:, :int(seconds * card.sample_rate)]
+        infer_ms = []
+        for _ in range(iterations):
+            t = time.perf_counter()
+            engine.backend.infer()
+            infer_ms.append((time.perf_counter() - t) * 1e3)
+        rows = []
+        for name in PRESETS:
+            cfg = engine.config(name)
+            sep = engine.separator(cfg)
+            hop = card.hop
+            window_ms, total = [], 0.0
+            for i in range(0, x.shape[1] - hop + 1, hop):
+                before = sep.stats.inferences
+                t = time.perf_counter()
+                sep.process(x[:, i:i + hop])
+                dt = time.perf_counter() - t
+                total += dt
+                if sep.stats.inferences > before:
+                    window_ms.append(dt * 1e3)
+            audio_s = x.shape[1] / card.sample_rate
+            budget_ms = 1e3 * cfg.hop_frames * hop / card.sample_rate
+            p = pct(window_ms, 50, 99)
+            rows.append({
+                "preset": name, "H": cfg.hop_frames, "L": cfg.lookahead,
+                "synthesis": cfg.synthesis, "delay_samples": sep.delay,
+                "delay_ms": sep.latency.ms, "window_ms": p, "budget_ms": budget_ms,
+                "rtf": total / audio_s, "realtime": bool(p["p99"] < budget_ms),
+            })
+    finally:
+        engine.close()
+    return {
+        "benchmark": "engine", "backend": engine.backend.name, "model": card.name,
+        "window_frames": card.window_frames, "audio_seconds": x.shape[1] / card.sample_rate,
+        "inference_ms": pct(infer_ms, 50, 99), "presets": rows, "machine": machine(),
+    }
+
+
+def render(result: dict) -> str:
+    inf = result["inference_ms"]
+    head = (f"engine: {result['model']} W={result['window_frames']} on {result['backend']}; "
+            f"{describe(result['machine'])}\n"
+            f"one inference (model only): p50 {inf['p50']:.2f} ms, p99 {inf['p99']:.2f} ms\n")
+    rows = [[r["preset"], r["H"], r["L"], r["synthesis"], f"{r['delay_ms']:.1f}",
+             f"{r['window_ms']['p50']:.2f}", f"{r['window_ms']['p99']:.2f}",
+             f"{r['budget_ms']:.1f}", f"{r['rtf']:.3f}", "yes" if r["realtime"] else "NO"]
+            for r in result["presets"]]
+    return head + markdown_table(
+        ["preset", "H", "L", "synthesis", "D ms", "window p50 ms", "window p99 ms",
+         "budget ms (H hops)", "RTF", "real time"], rows)
+
+
+def save(result: dict, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,181 @@
+"""The `stemlink` command. Errors the user can act on print one line and exit 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from stemlink.errors import StemlinkError
+
+DEFAULT_MODEL = "models/spleeter-2stems"
+PRESET_NAMES = ("ultra", "monitor", "balanced", "quality")
+
+
+def _err(msg: str) -> None:
+    click.echo(f"stemlink: error: {msg}", err=True)
+
+
+def _progress(label: str):
+    """A progress callback (done, total) that draws a bar on a terminal, else stays quiet."""
+    if not sys.stderr.isatty():
+        return None
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            bar = state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr)
+            bar.__enter__()
+            state["pos"] = 0
+        bar.update(done - state["pos"])
+        state["pos"] = done
+        if done >= total:
+            bar.__exit__(None, None, None)
+
+    return update
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stemlink")
+def cli() -> None:
+    """Real-time music stem separation on a LAN."""
+
+
+# --------------------------------------------------------------------------- export
+@cli.group()
+def export() -> None:
+    """Build model artefacts (ONNX graphs + model card) at set-up time."""
+
+
+@export.command("spleeter")
+@click.option("--out", default=DEFAULT_MODEL, show_default=True, type=click.Path(),
+              help="Model folder to write.")
+@click.option("--window-frames", default=64, show_default=True, type=int,
+              help="W: STFT frames per streaming window (a multiple of 64).")
+def export_spleeter_cmd(out: str, window_frames: int) -> None:
+    """Export Deezer's Spleeter 2-stems (vocals/accompaniment) to ONNX."""
+    from stemlink.export.spleeter import export_spleeter
+
+    export_spleeter(out, window_frames, say=lambda s: click.echo(s, err=True))
+    click.echo(f"model ready in {out}")
+
+
+# --------------------------------------------------------------------------- separate
+def _stream_options(f):
+    f = click.option("--synthesis", type=click.Choice(["standard", "asymmetric"]),
+                     help="Override the preset's synthesis mode.")(f)
+    f = click.option("--lookahead", "-L", type=click.IntRange(0, None),
+                     help="Override L (look-ahead frames).")(f)
+    f = click.option("--hop-frames", "-H", type=click.IntRange(1, None),
+                     help="Override H (frames per inference).")(f)
+    f = click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor",
+                     show_default=True, help="Latency/quality preset.")(f)
+    return f
+
+
+@cli.command()
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path(),
+              help="Model folder (from `stemlink export`).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for <stem>.wav files.")
+@_stream_options
+@click.option("--offline", is_flag=True, help="Whole-file reference separation instead.")
+@click.option("--backend", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu",
+              show_default=True)
+def separate(input: str, model: str, out_dir: str, preset: str, hop_frames, lookahead,
+             synthesis, offline: bool, backend: str) -> None:
+    """Separate an audio file (WAV/FLAC/MP3/...) into one WAV per stem."""
+    from stemlink.separate import separate_file
+
+    r = separate_file(input, model, out_dir, preset=preset, offline=offline, backend=backend,
+                      hop_frames=hop_frames, lookahead=lookahead, synthesis=synthesis,
+                      progress=_progress("separating"))
+    click.echo(f"{r.describe}")
+    if r.nonfinite:
+        click.echo(f"warning: {r.nonfinite} NaN/Inf input samples were replaced by silence",
+                   err=True)
+    for name, c in r.clipped.items():
+        if c:
+            click.echo(f"warning: {c} samples of {name} were clipped to [-1, 1]", err=True)
+    secs = r.samples / r.sample_rate
+    for name, path in r.files.items():
+        click.echo(f"{name}: {path} ({secs:.2f} s, {r.channels} ch, {r.sample_rate} Hz)")
+
+
+# --------------------------------------------------------------------------- bench
+@cli.group()
+def bench() -> None:
+    """Benchmarks (speed is measured here, never asserted in tests)."""
+
+
+@bench.command("engine")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
+@click.option("--backend", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu",
+              show_default=True)
+@click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(1, 600),
+              help="Audio streamed per preset (the example clip, repeated).")
+@click.option("--iterations", default=100, show_default=True, type=click.IntRange(5, 100000),
+              help="Bare model inferences timed.")
+@click.option("--audio", type=click.Path(dir_okay=False), help="Audio to stream instead.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
+def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path) -> None:
+    """Compute latency per window (p50/p99) and real-time factor per preset."""
+    from stemlink.bench.engine_bench import bench_engine, render, save
+
+    result = bench_engine(model, backend, seconds, audio, iterations)
+    result["command"] = "stemlink " + " ".join(sys.argv[1:])
+    click.echo(render(result))
+    if json_path:
+        save(result, json_path)
+        click.echo(f"JSON: {json_path}")
+
+
+# --------------------------------------------------------------------------- demo
+@cli.command()
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
+@click.option("--out", "out_dir", default="out/demo", show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
+def demo(model: str, out_dir: str, preset: str) -> None:
+    """The main job on the bundled example: export if needed, then separate."""
+    from stemlink.engine.card import CARD_FILE
+    from stemlink.export.checkpoint import example_audio
+    from stemlink.separate import separate_file
+
+    if not (Path(model) / CARD_FILE).is_file():
+        from stemlink.export.spleeter import export_spleeter
+
+        click.echo(f"no model in {model}: exporting Spleeter 2-stems first", err=True)
+        export_spleeter(model, say=lambda s: click.echo(s, err=True))
+    src = example_audio()
+    click.echo(f"separating {src.name} with preset {preset}")
+    r = separate_file(src, model, out_dir, preset=preset, progress=_progress("separating"))
+    click.echo(r.describe)
+    for name, path in r.files.items():
+        click.echo(f"{name}: {path}")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        _err("aborted")
+        sys.exit(130)
+    except click.exceptions.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except StemlinkError as e:
+        _err(str(e))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+    except Exception as e:  # a bug: one line by default, the traceback on request
+        if os.environ.get("STEMLINK_DEBUG"):
+            raise
+        _err(f"internal error: {type(e).__name__}: {e} (set STEMLINK_DEBUG=1 for details)")
+        sys.exit(3)

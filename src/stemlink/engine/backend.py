@@ -1,0 +1,140 @@
+"""Inference backends behind one lifecycle: activate() allocates everything, infer() runs
+on preallocated buffers, deactivate() frees what activate() made.
+
+Contract: `inputs` is a preallocated float32 array [batch, C, frames, bins] the caller
+fills in place; `infer()` returns `outputs`, a preallocated [batch, S, C, frames, bins]
+array that the next infer() overwrites (copy what must outlive it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from stemlink.engine.card import GraphSpec, ModelCard
+from stemlink.engine.errors import EngineError
+
+BACKENDS = ("cpu", "cuda", "tensorrt")
+
+
+class Backend(Protocol):
+    name: str
+    batch: int
+    inputs: np.ndarray
+    outputs: np.ndarray
+
+    def activate(self) -> None: ...
+    def infer(self) -> np.ndarray: ...
+    def deactivate(self) -> None: ...
+
+
+def _shape(card: ModelCard, graph: GraphSpec, batch: int) -> tuple[tuple, tuple]:
+    ins = (batch, card.channels, graph.frames, card.bins)
+    outs = (batch, len(card.stems), card.channels, graph.frames, card.bins)
+    return ins, outs
+
+
+class OrtBackend:
+    """ONNX Runtime with IOBinding onto numpy buffers allocated once in activate().
+
+    provider "cpu" runs the CPUExecutionProvider with session options chosen for latency
+    (sequential execution, all graph optimisations, intra-op threads = cores); "cuda" asks
+    for the CUDAExecutionProvider (onnxruntime-gpu) and fails clearly without it.
+    """
+
+    def __init__(self, card: ModelCard, folder: str | Path, *, graph: str = "streaming",
+                 batch: int = 1, provider: str = "cpu", threads: int | None = None,
+                 spin: bool = True) -> None:
+        if batch < 1:
+            raise EngineError("batch must be >= 1")
+        self.card = card
+        self.graph = card.streaming if graph == "streaming" else card.offline
+        self.path = Path(folder) / self.graph.file
+        self.batch = batch
+        self.provider = provider
+        self.name = f"onnxruntime-{provider}"
+        self.threads = threads if threads else max(1, min(os.cpu_count() or 1, 8))
+        self.spin = spin
+        self._session = None
+        self._binding = None
+        self.inputs = np.empty((0,), np.float32)
+        self.outputs = np.empty((0,), np.float32)
+
+    def activate(self) -> None:
+        if self._session is not None:
+            raise EngineError("backend is already active")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EngineError("onnxruntime is not installed") from None
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                      "1" if self.spin else "0")
+        providers = {"cpu": ["CPUExecutionProvider"],
+                     "cuda": ["CUDAExecutionProvider"]}.get(self.provider)
+        if providers is None:
+            raise EngineError(f"backend {self.provider!r} is not an ONNX Runtime provider here")
+        if providers[0] not in ort.get_available_providers():
+            raise EngineError(
+                f"{providers[0]} is not available in this onnxruntime "
+                f"({', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
+        try:
+            sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+        except Exception as e:  # ORT raises its own exception types, all fatal here
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EngineError(f"cannot load {self.path}: {first[:300]}") from None
+        ins, outs = _shape(self.card, self.graph, self.batch)
+        i_meta, o_meta = sess.get_inputs(), sess.get_outputs()
+        if len(i_meta) != 1 or len(o_meta) != 1:
+            raise EngineError(f"{self.path}: expected one input and one output")
+        for meta, want in ((i_meta[0], ins), (o_meta[0], outs)):
+            got = meta.shape
+            if len(got) != len(want) or any(
+                    isinstance(g, int) and g != w for g, w in zip(got, want, strict=True)):
+                raise EngineError(f"{self.path}: tensor {meta.name} has shape {got}, "
+                                  f"the card says {list(want)}")
+        self.inputs = np.zeros(ins, np.float32)
+        self.outputs = np.zeros(outs, np.float32)
+        binding = sess.io_binding()
+        binding.bind_cpu_input(i_meta[0].name, self.inputs)
+        binding.bind_output(o_meta[0].name, "cpu", 0, np.float32, list(outs),
+                            self.outputs.ctypes.data)
+        self._session, self._binding = sess, binding
+        self.infer()  # warm-up: first run pays for kernel selection and arena growth
+
+    def infer(self) -> np.ndarray:
+        if self._session is None:
+            raise EngineError("backend is not active")
+        self._session.run_with_iobinding(self._binding)
+        return self.outputs
+
+    def deactivate(self) -> None:
+        self._binding = None
+        self._session = None
+        self.inputs = np.empty((0,), np.float32)
+        self.outputs = np.empty((0,), np.float32)
+
+    def __enter__(self) -> OrtBackend:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+
+def make_backend(kind: str, card: ModelCard, folder: str | Path, **kw) -> Backend:
+    if kind == "cpu":
+        return OrtBackend(card, folder, provider="cpu", **kw)
+    if kind == "cuda":
+        return OrtBackend(card, folder, provider="cuda", **kw)
+    if kind == "tensorrt":
+        raise EngineError("the tensorrt backend is not built yet; use --backend cpu or cuda")
+    raise EngineError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")

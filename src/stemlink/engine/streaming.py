@@ -1,0 +1,241 @@
+"""The streaming separator: push PCM blocks of any size, get stem blocks of the same size.
+
+Sans-IO: no clocks, sockets or threads. Output sample i of every stem corresponds to input
+sample i - D exactly, with D = support + (L + H - 1) * hop - 1 (see `Latency`). Everything
+the hot path touches is allocated in __init__; process() only copies into and out of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from stemlink.engine import dsp
+from stemlink.engine.backend import Backend
+from stemlink.engine.card import ModelCard
+from stemlink.engine.errors import EngineError
+from stemlink.engine.presets import StreamConfig
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Algorithmic delay, in samples, by the buffer that causes it.
+
+    - support: the synthesis window spans the last `support` samples of a frame, and
+      the oldest hop of it is final only once the whole frame has arrived (n_fft for
+      standard Hann overlap-add, 2*hop for asymmetric synthesis);
+    - batching: H frames are gathered per inference, so the oldest waits H-1 hops;
+    - lookahead: each emitted frame had L newer frames in its window: L hops;
+    - convention: -1, because output sample i leaves in the same call as input sample i.
+    """
+
+    support: int
+    batching: int
+    lookahead: int
+    sample_rate: int
+
+    @property
+    def samples(self) -> int:
+        return self.support + self.batching + self.lookahead - 1
+
+    @property
+    def ms(self) -> float:
+        return 1000.0 * self.samples / self.sample_rate
+
+    def describe(self) -> str:
+        return (f"D = {self.samples} samples = {self.ms:.1f} ms (support {self.support} + "
+                f"batching {self.batching} + look-ahead {self.lookahead} - 1)")
+
+
+@dataclass
+class StreamStats:
+    frames: int = 0
+    inferences: int = 0
+    nonfinite_blocks: int = 0  # blocks that carried NaN/Inf; those samples became 0
+
+
+class StreamingSeparator:
+    """One stream's state. Uses `backend.inputs[slot]` / `backend.outputs[slot]`, so several
+    separators can share one batched backend; `process()` runs inference itself."""
+
+    def __init__(self, card: ModelCard, backend: Backend, config: StreamConfig,
+                 slot: int = 0, max_block: int = 4096) -> None:
+        w = card.window_frames
+        config.validate(w)
+        if backend.inputs.shape[2:] != (card.channels, w, card.bins)[1:] and \
+                backend.inputs.shape[1:] != (card.channels, w, card.bins):
+            raise EngineError("backend buffers do not match the model card (activate it first)")
+        if not 0 <= slot < backend.inputs.shape[0]:
+            raise EngineError(f"slot {slot} is outside the backend's batch")
+        self.card, self.backend, self.config, self.slot = card, backend, config, slot
+        n, m = card.n_fft, card.hop
+        c, s, f, nb = card.channels, len(card.stems), card.bins, card.n_bins
+        self._n, self._m, self._w, self._f = n, m, w, f
+        self._h, self._l = config.hop_frames, config.lookahead
+        self._k = n // m
+        # Windows are tiled to the full shape of what they multiply: numpy allocates
+        # iteration buffers for broadcast products, never for same-shape ones.
+        self._model_win = np.tile(dsp.hann(n).astype(np.float32), (c, 1))
+        pair = dsp.window_pair(config.synthesis, n, m)
+        self._ana_win = np.tile(pair.analysis, (c, 1))
+        self._syn_win = np.tile(pair.synthesis, (s, c, 1))
+        self._pair = pair
+        self._asym = config.synthesis != "standard"
+        self.latency = Latency(pair.support, (self._h - 1) * m, self._l * m, card.sample_rate)
+        # --- input: linear buffer of 2n samples; frame = the n samples before _pos.
+        self._lin = np.zeros((c, 2 * n), np.float32)
+        self._pos = n  # virtual zeros before the stream start fill the first frames
+        self._fill = 0  # samples of the current hop received so far
+        self._j = 0  # index of the next frame to complete
+        # --- analysis. The forward FFT runs in float64: numpy's rfft would otherwise cast
+        # float32 through temporaries, an allocation per frame on the hot path.
+        self._tmp32 = np.zeros((c, n), np.float32)
+        self._tmp64 = np.zeros((c, n), np.float64)
+        self._spec = np.zeros((c, nb), np.complex128)
+        self._absbuf = np.zeros((c, nb), np.float64)
+        self._mag = np.zeros((c, 2 * w, f), np.float32)  # double-written ring of W frames
+        self._r = self._l + self._h  # frames awaiting their mask
+        self._syn_spec = np.zeros((self._r, c, nb), np.complex64)
+        # --- synthesis. Masks are written twice per bin (re, im) so that masking is a
+        # float32 * float32 product on a view of the complex spectrum: no casts.
+        self._mfull = np.zeros((s, c, nb, 2), np.float32)  # bins >= f stay 0 for "zeros"
+        self._avg = np.zeros((s, c, 1), np.float32)
+        self._y_spec = np.zeros((s, c, nb), np.complex64)
+        self._y_spec_f = self._y_spec.view(np.float32).reshape(s, c, nb, 2)
+        self._syn_f = self._syn_spec.view(np.float32).reshape(self._r, 1, c, nb, 2)
+        self._y = np.zeros((s, c, n), np.float32)
+        self._ola = np.zeros((s, c, n), np.float32)  # ring indexed by grid sample mod n
+        self._y_rows = self._y.reshape(s * c, n)
+        self._ola_rows = self._ola.reshape(s * c, n)
+        self._q0 = (n - pair.support) // m  # first hop of a frame the synthesis covers
+        # --- output FIFO, pre-filled with the zeros that stand for frames before the start
+        self._prefill = (self._l + self._h) * m - 1
+        self._cap = self._prefill + (self._h + 2) * m + 1
+        self._fifo = np.zeros((s, c, self._cap), np.float32)
+        self._rd, self._level = 0, self._prefill
+        self._out = np.zeros((s, c, max_block), np.float32)
+        self.stats = StreamStats()
+
+    # ------------------------------------------------------------------ public
+    @property
+    def delay(self) -> int:
+        """D in samples: output sample i corresponds to input sample i - D."""
+        return self.latency.samples
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """block: float32 [C, n] -> view [S, C, n] valid until the next call."""
+        if block.ndim != 2 or block.shape[0] != self.card.channels:
+            raise EngineError(f"block must be [{self.card.channels}, n], not {list(block.shape)}")
+        total = block.shape[1]
+        if total > self._out.shape[2]:
+            self._out = np.zeros(self._out.shape[:2] + (total,), np.float32)
+        out = self._out[:, :, :total]
+        done = 0
+        while done < total:
+            k = min(self._m - self._fill, total - done)
+            dst = self._lin[:, self._pos:self._pos + k]
+            np.copyto(dst, block[:, done:done + k], casting="same_kind")
+            if not all(np.isfinite(np.add.reduce(row)) for row in dst):  # 1-D: no buffers
+                np.nan_to_num(dst, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+                self.stats.nonfinite_blocks += 1
+            self._pos += k
+            self._fill += k
+            if self._fill == self._m:
+                self._fill = 0
+                self._frame_complete()
+            self._pop(out[:, :, done:done + k])
+            done += k
+        return out
+
+    def flush(self) -> np.ndarray:
+        """Push D samples of silence: returns the last D output samples of the stream."""
+        return self.process(np.zeros((self.card.channels, self.delay), np.float32)).copy()
+
+    # ------------------------------------------------------------------ frames
+    def _frame_complete(self) -> None:
+        n, j = self._n, self._j
+        frame = self._lin[:, self._pos - n:self._pos]
+        self._rfft(frame, self._model_win)
+        np.abs(self._spec, out=self._absbuf)
+        w = self._w
+        r = j % w
+        np.copyto(self._mag[:, r, :], self._absbuf[:, :self._f])
+        np.copyto(self._mag[:, r + w, :], self._absbuf[:, :self._f])
+        if self._asym:
+            self._rfft(frame, self._ana_win)
+        np.copyto(self._syn_spec[j % self._r], self._spec)
+        if self._pos == 2 * n:  # keep the newest n samples, non-overlapping copy
+            for row in self._lin:  # per row: numpy copies 2-D same-base slices via a temp
+                np.copyto(row[:n], row[n:])
+            self._pos = n
+        self.stats.frames += 1
+        self._j += 1
+        if self._j % self._h == 0:
+            self.stage(self.backend.inputs[self.slot])
+            self.backend.infer()
+            self.complete(self.backend.outputs[self.slot])
+
+    def _rfft(self, frame: np.ndarray, window: np.ndarray) -> None:
+        for ch in range(frame.shape[0]):  # frame rows are strided views into _lin
+            np.multiply(frame[ch], window[ch], out=self._tmp32[ch])
+        np.copyto(self._tmp64, self._tmp32)
+        np.fft.rfft(self._tmp64, axis=-1, out=self._spec)
+
+    def stage(self, dst: np.ndarray) -> None:
+        """Copy the newest W magnitude frames, oldest first, into a model input slot."""
+        r = (self._j - 1) % self._w + 1
+        np.copyto(dst, self._mag[:, r:r + self._w, :])
+
+    def complete(self, masks: np.ndarray) -> None:
+        """Apply masks [S, C, W, bins] of the last staged window to the H frames that are
+        now final and move their oldest hop of output into the FIFO."""
+        newest = self._j - 1
+        self.stats.inferences += 1
+        for f in range(newest - self._l - self._h + 1, newest - self._l + 1):
+            if f >= 0:
+                self._synthesise(f, masks[:, :, self._w - 1 - (newest - f), :])
+
+    def _synthesise(self, f: int, mask: np.ndarray) -> None:
+        m, k, fb = self._m, self._k, self._f
+        np.copyto(self._mfull[:, :, :fb, 0], mask)
+        np.copyto(self._mfull[:, :, :fb, 1], mask)
+        if self.card.mask_extension == "average":
+            np.mean(mask, axis=-1, keepdims=True, out=self._avg)
+            self._mfull[:, :, fb:, 0] = self._avg
+            self._mfull[:, :, fb:, 1] = self._avg
+        np.multiply(self._syn_f[f % self._r], self._mfull, out=self._y_spec_f)
+        np.fft.irfft(self._y_spec, n=self._n, axis=-1, out=self._y)
+        np.multiply(self._y, self._syn_win, out=self._y)
+        y, ola = self._y_rows, self._ola_rows
+        for q in range(self._q0, k):  # row by row: 1-D adds need no iteration buffers
+            at = ((f - k + 1 + q) % k) * m
+            for row in range(y.shape[0]):
+                dst = ola[row, at:at + m]
+                np.add(dst, y[row, q * m:(q + 1) * m], out=dst)
+        at = ((f - k + 1 + self._q0) % k) * m
+        self._push(self._ola[:, :, at:at + m])
+        self._ola[:, :, at:at + m] = 0.0
+
+    # ------------------------------------------------------------------ FIFO
+    def _push(self, chunk: np.ndarray) -> None:
+        n = chunk.shape[2]
+        if self._level + n > self._cap:
+            raise EngineError("output FIFO overflow (internal accounting error)")
+        wr = (self._rd + self._level) % self._cap
+        a = min(n, self._cap - wr)
+        self._fifo[:, :, wr:wr + a] = chunk[:, :, :a]
+        if a < n:
+            self._fifo[:, :, :n - a] = chunk[:, :, a:]
+        self._level += n
+
+    def _pop(self, dst: np.ndarray) -> None:
+        n = dst.shape[2]
+        if n > self._level:
+            raise EngineError("output FIFO underflow (internal accounting error)")
+        a = min(n, self._cap - self._rd)
+        dst[:, :, :a] = self._fifo[:, :, self._rd:self._rd + a]
+        if a < n:
+            dst[:, :, a:] = self._fifo[:, :, :n - a]
+        self._rd = (self._rd + n) % self._cap
+        self._level -= n

@@ -1,0 +1,1 @@
+"""Model checkpoint -> ONNX graph + model card (torch and onnx are imported lazily)."""
