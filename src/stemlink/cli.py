@@ -134,6 +134,118 @@ def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path) -> N
         click.echo(f"JSON: {json_path}")
 
 
+# --------------------------------------------------------------------------- network
+def _psk_option(f):
+    return click.option("--psk", envvar="STEMLINK_PSK", default="", show_default=False,
+                        help="Pre-shared key (or $STEMLINK_PSK); empty = integrity only.")(f)
+
+
+def _setup_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(message)s")
+
+
+@cli.command()
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5005, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--backend", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu",
+              show_default=True)
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True,
+              help="Preset for clients that do not ask for one.")
+@click.option("--max-sessions", default=8, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--idle-timeout", default=10.0, show_default=True,
+              type=click.FloatRange(0.5, 3600), help="Seconds of silence that end a session.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@_psk_option
+def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_level,
+          psk) -> None:
+    """Run the UDP separation server (SIGINT/SIGTERM stop it cleanly)."""
+    from stemlink.loop import run_loop
+    from stemlink.udp_server.server import ServeOptions, Server
+
+    _setup_logging(log_level)
+    try:
+        srv = Server(ServeOptions(model, host, port, backend, preset, max_sessions,
+                                  idle_timeout, psk.encode()))
+    except OSError as e:
+        raise StemlinkError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    click.echo(srv.describe(), err=True)
+    run_loop(srv.run(install_signals=True))
+
+
+@cli.command()
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("--server", default="127.0.0.1:5005", show_default=True, help="HOST:PORT")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
+              help="Ask for this preset (default: the server's).")
+@click.option("--realtime/--as-fast-as-possible", default=True, show_default=True)
+@click.option("--stats", "stats_path", type=click.Path(dir_okay=False),
+              help="Write the measurements as JSON.")
+@click.option("--jitter-ms", default=60.0, show_default=True, type=click.FloatRange(0, 5000),
+              help="Playout budget: stem blocks arriving later count as late.")
+@click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
+@_psk_option
+def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block, psk) -> None:
+    """Stream a file to a server; write the stems it sends back."""
+    from stemlink.loop import run_loop
+    from stemlink.udp_client.sender import SendOptions, save_stats, send_file
+    from stemlink.udp_client.transport import parse_server
+
+    opts = SendOptions(input, parse_server(server), out_dir, preset=preset, realtime=realtime,
+                       jitter_ms=jitter_ms, block=int(block), psk=psk.encode())
+    rep = _run_coro(run_loop, send_file(opts))
+    click.echo(rep.summary() if realtime else rep.summary().replace(
+        "end-to-end latency", "(not paced in real time) end-to-end latency"))
+    for name, path in rep.files.items():
+        click.echo(f"{name}: {path}")
+    if stats_path:
+        save_stats(rep, stats_path)
+
+
+def _run_coro(runner, coro):
+    box = {}
+
+    async def wrapped():
+        box["r"] = await coro
+
+    runner(wrapped())
+    return box["r"]
+
+
+@cli.command()
+@click.option("--server", default="127.0.0.1:5005", show_default=True, help="HOST:PORT")
+@click.option("--input-device", default=None, help="PortAudio input device (index or name).")
+@click.option("--output-device", default=None, help="PortAudio output device.")
+@click.option("--monitor", default="accompaniment", show_default=True,
+              help="Stem to hear, or a mix: vocals=0.2,accompaniment=1")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None)
+@click.option("--jitter-blocks", default=4, show_default=True, type=click.IntRange(1, 60),
+              help="Playout buffer in blocks (fixed delay it adds).")
+@click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
+@_psk_option
+def live(server, input_device, output_device, monitor, preset, jitter_blocks, block,
+         psk) -> None:
+    """Sound card -> server -> headphones, headless; Ctrl-C exits."""
+    from stemlink.loop import run_loop
+    from stemlink.udp_client.live import run_live
+    from stemlink.udp_client.transport import parse_server
+
+    def dev(d):
+        return int(d) if d is not None and d.isdigit() else d
+
+    try:
+        _run_coro(run_loop, run_live(parse_server(server), dev(input_device),
+                                     dev(output_device), monitor, preset, psk.encode(),
+                                     jitter_blocks, int(block)))
+    except KeyboardInterrupt:
+        click.echo("live: stopped", err=True)
+
+
 # --------------------------------------------------------------------------- demo
 @cli.command()
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
@@ -141,22 +253,30 @@ def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path) -> N
               type=click.Path(file_okay=False))
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
 def demo(model: str, out_dir: str, preset: str) -> None:
-    """The main job on the bundled example: export if needed, then separate."""
+    """The main job on the bundled example: export the model if absent, start a server on
+    loopback, stream audio_example.mp3 through it in real time, write the stems."""
     from stemlink.engine.card import CARD_FILE
     from stemlink.export.checkpoint import example_audio
-    from stemlink.separate import separate_file
+    from stemlink.loop import run_loop
+    from stemlink.udp_client.sender import SendOptions, send_file
+    from stemlink.udp_server.server import ServeOptions, ServerThread
 
     if not (Path(model) / CARD_FILE).is_file():
         from stemlink.export.spleeter import export_spleeter
 
         click.echo(f"no model in {model}: exporting Spleeter 2-stems first", err=True)
         export_spleeter(model, say=lambda s: click.echo(s, err=True))
+    _setup_logging("warning")
     src = example_audio()
-    click.echo(f"separating {src.name} with preset {preset}")
-    r = separate_file(src, model, out_dir, preset=preset, progress=_progress("separating"))
-    click.echo(r.describe)
-    for name, path in r.files.items():
+    with ServerThread(ServeOptions(model, "127.0.0.1", 0, preset=preset)) as st:
+        click.echo(st.server.describe())
+        click.echo(f"streaming {src.name} in real time to {st.address[0]}:{st.address[1]} ...")
+        rep = _run_coro(run_loop, send_file(SendOptions(src, st.address, out_dir,
+                                                        preset=preset)))
+    click.echo(rep.summary())
+    for name, path in rep.files.items():
         click.echo(f"{name}: {path}")
+    click.echo(f"stems written to {out_dir}/")
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The headless client. Never imports the engine, onnxruntime or torch."""

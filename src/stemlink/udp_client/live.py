@@ -1,0 +1,165 @@
+"""`stemlink live`: sound card in -> server -> jitter buffer -> sound card out, headless.
+
+The PortAudio callbacks only copy: capture hands blocks to the event loop with
+call_soon_threadsafe; playback pops the jitter buffers and mixes. A device rate other than
+the model's is converted with streaming python-soxr resamplers on both sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+
+from stemlink import audio as aio
+from stemlink.udp_client.core import ClientCore, ClientError, Pong, StemBlock
+from stemlink.udp_client.jitter import JitterBuffer
+from stemlink.udp_client.mix import parse_mix
+from stemlink.udp_client.transport import connect
+from stemlink.wire import packets as pk
+
+
+def _sounddevice():
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as e:
+        raise ClientError(f"sound devices are unavailable ({e}); install PortAudio and "
+                          "`pip install sounddevice`") from None
+    return sd
+
+
+class Playout:
+    """Model-rate jitter buffers per monitored stem, mixed and resampled for the device."""
+
+    def __init__(self, stems: list[str], gains: np.ndarray, channels: int, block: int,
+                 model_rate: int, device_rate: int, out_channels: int, target: int) -> None:
+        self.gains = gains
+        self.active = [i for i, g in enumerate(gains) if g != 0]
+        self.buffers = {i: JitterBuffer(channels, block, target) for i in self.active}
+        self.block, self.channels, self.out_channels = block, channels, out_channels
+        self._tmp = np.zeros((channels, block), np.float32)
+        self._mix = np.zeros((channels, block), np.float32)
+        self._carry = np.zeros((out_channels, 0), np.float32)
+        self._lock = threading.Lock()
+        self._rs = None
+        if device_rate != model_rate:
+            import soxr
+
+            self._rs = soxr.ResampleStream(model_rate, device_rate, channels, dtype="float32")
+        self.underflows = 0
+
+    def push(self, stem: int, ts: int, block: np.ndarray) -> None:
+        jb = self.buffers.get(stem)
+        if jb is not None:
+            with self._lock:
+                jb.push(ts, block)
+
+    def _next_block(self) -> np.ndarray:
+        self._mix[...] = 0.0
+        with self._lock:
+            for i, jb in self.buffers.items():
+                jb.pop(self._tmp)
+                self._mix += self.gains[i] * self._tmp
+        return self._mix
+
+    def fill(self, outdata: np.ndarray) -> None:
+        """PortAudio callback body: always fills the whole buffer."""
+        frames = outdata.shape[0]
+        while self._carry.shape[1] < frames:
+            blk = self._next_block()
+            if self._rs is not None:
+                blk = self._rs.resample_chunk(blk.T).T
+            blk = aio.to_channels(blk, self.out_channels) if blk.shape[0] != \
+                self.out_channels else blk
+            self._carry = np.concatenate([self._carry, blk], axis=1)
+        outdata[:] = self._carry[:, :frames].T
+        self._carry = self._carry[:, frames:]
+
+
+async def run_live(server: tuple[str, int], input_device, output_device, monitor: str,
+                   preset: str | None, psk: bytes, target_blocks: int, block: int) -> dict:
+    sd = _sounddevice()
+    try:
+        dev_in = sd.query_devices(input_device, "input")
+        dev_out = sd.query_devices(output_device, "output")
+    except (ValueError, sd.PortAudioError) as e:
+        raise ClientError(f"sound device problem: {e}") from None
+    rate = int(dev_in["default_samplerate"])
+    in_ch = min(int(dev_in["max_input_channels"]), 2)
+    out_ch = min(int(dev_out["max_output_channels"]), 2)
+    if in_ch < 1 or out_ch < 1:
+        raise ClientError("the chosen devices have no input or no output channels")
+    core = ClientCore(sample_rate=rate, channels=in_ch, block=block, preset=preset, psk=psk)
+    loop = asyncio.get_running_loop()
+    playout: list[Playout] = []
+    stats = {"rtt_ms": []}
+    scratch: dict[int, np.ndarray] = {}
+
+    def on_event(ev) -> None:
+        if isinstance(ev, StemBlock) and playout:
+            h = ev.header
+            buf = scratch.setdefault(h.channels, np.zeros((h.channels, h.frames), np.float32))
+            pk.read_media(ev.data, h, buf)
+            playout[0].push(h.stem, h.timestamp, buf)
+        elif isinstance(ev, Pong):
+            stats["rtt_ms"].append(ev.rtt_ns / 1e6)
+
+    proto, acc_ev = await connect(core, server, on_event)
+    acc = acc_ev.accept
+    gains = parse_mix(monitor, list(acc.stems))
+    po = Playout(list(acc.stems), gains, acc.channels, acc.block_frames, acc.sample_rate,
+                 rate, out_ch, target_blocks)
+    playout.append(po)
+    print(f"live: {acc.model} preset {acc.preset} D = {acc.delay} samples "
+          f"({1000 * acc.delay / acc.sample_rate:.1f} ms) + jitter buffer "
+          f"{1000 * po.buffers[po.active[0]].delay_samples / acc.sample_rate:.1f} ms; "
+          f"monitoring {monitor}; Ctrl-C stops", flush=True)
+    captured: asyncio.Queue = asyncio.Queue(maxsize=256)
+    rs_in = None
+    if rate != acc.sample_rate:
+        import soxr
+
+        rs_in = soxr.ResampleStream(rate, acc.sample_rate, acc.channels, dtype="float32")
+
+    def in_cb(indata, frames, t, status) -> None:
+        data = indata.copy()
+        loop.call_soon_threadsafe(_offer, captured, data)
+
+    def out_cb(outdata, frames, t, status) -> None:
+        po.fill(outdata)
+
+    pending = np.zeros((acc.channels, 0), np.float32)
+    ts = 0
+    try:
+        with sd.InputStream(device=input_device, channels=in_ch, samplerate=rate,
+                            dtype="float32", callback=in_cb), \
+             sd.OutputStream(device=output_device, channels=out_ch, samplerate=rate,
+                             dtype="float32", callback=out_cb):
+            next_ping = time.monotonic()
+            while True:
+                data = await captured.get()
+                x = aio.to_channels(np.ascontiguousarray(data.T), acc.channels)
+                if rs_in is not None:
+                    x = rs_in.resample_chunk(x.T).T
+                pending = np.concatenate([pending, x], axis=1)
+                b = acc.block_frames
+                while pending.shape[1] >= b:
+                    proto.send(core.audio(pending[:, :b], ts, time.monotonic_ns()))
+                    pending = pending[:, b:]
+                    ts += b
+                if time.monotonic() >= next_ping:
+                    proto.send(core.ping(time.monotonic()))
+                    next_ping = time.monotonic() + 1.0
+    except sd.PortAudioError as e:
+        raise ClientError(f"sound device problem: {e}") from None
+    finally:
+        proto.send(core.bye(time.monotonic()))
+        proto.transport.close()
+    return stats
+
+
+def _offer(q: asyncio.Queue, data) -> None:
+    if not q.full():
+        q.put_nowait(data)

@@ -1,0 +1,236 @@
+"""`stemlink send`: stream a file to the server in blocks, collect the stems, write them
+with the input's length and alignment, and measure every block on the client's clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stemlink import audio as aio
+from stemlink.udp_client.core import ClientCore, Pong, ServerBye, StemBlock
+from stemlink.udp_client.transport import connect
+from stemlink.wire import packets as pk
+from stemlink.wire.constants import Flags, SampleFormat
+
+AFAP_WINDOW = 32  # blocks in flight when not pacing in real time
+
+
+@dataclass
+class SendOptions:
+    input: str | Path
+    server: tuple[str, int]
+    out_dir: str | Path | None
+    preset: str | None = None
+    realtime: bool = True
+    block: int = 256
+    fmt: SampleFormat = SampleFormat.S16LE
+    psk: bytes = b""
+    jitter_ms: float = 60.0  # playout budget: stems arriving later count as late
+    hop_frames: int | None = None
+    lookahead: int | None = None
+    synthesis: str | None = None
+    ping_every_s: float = 0.5
+    drain_s: float = 2.0
+    first_seq: int = 0
+
+
+@dataclass
+class SendReport:
+    files: dict[str, str]
+    model: str
+    stems: list[str]
+    preset: str
+    delay: int
+    sample_rate: int
+    block: int
+    seconds: float
+    sent: int
+    received: int
+    expected: int
+    lost: int
+    late: int
+    duplicates: int
+    concealed: int
+    rtt_ms: dict = field(default_factory=dict)
+    latency_ms: dict = field(default_factory=dict)
+    turnaround_ms: dict = field(default_factory=dict)
+    block_latency_ms: list = field(default_factory=list)
+    dropped: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lat, rtt = self.latency_ms, self.rtt_ms
+        return "\n".join([
+            f"model {self.model}, preset {self.preset}, D = {self.delay} samples "
+            f"({1000 * self.delay / self.sample_rate:.1f} ms), block {self.block}",
+            f"packets: sent {self.sent}, received {self.received}/{self.expected}, "
+            f"lost {self.lost}, late {self.late}, duplicates {self.duplicates}, "
+            f"concealed {self.concealed}",
+            f"RTT ms: p50 {rtt.get('p50', float('nan')):.2f}, "
+            f"p99 {rtt.get('p99', float('nan')):.2f}",
+            f"end-to-end latency ms: p50 {lat.get('p50', float('nan')):.1f}, "
+            f"p95 {lat.get('p95', float('nan')):.1f}, p99 {lat.get('p99', float('nan')):.1f} "
+            f"(D alone {1000 * self.delay / self.sample_rate:.1f})",
+        ])
+
+
+def _pct(values) -> dict:
+    a = np.asarray([v for v in values if np.isfinite(v)], np.float64)
+    if a.size == 0:
+        return {}
+    return {f"p{q}": float(np.percentile(a, q)) for q in (50, 95, 99)} | {
+        "max": float(a.max()), "n": int(a.size)}
+
+
+async def send_file(opts: SendOptions) -> SendReport:
+    x, file_sr = aio.read_audio(opts.input)
+    aio.sanitize(x)
+    file_ch, n_file = x.shape
+    core = ClientCore(sample_rate=file_sr, channels=min(file_ch, 2), block=opts.block,
+                      fmt=opts.fmt, preset=opts.preset, hop_frames=opts.hop_frames,
+                      lookahead=opts.lookahead, synthesis=opts.synthesis, psk=opts.psk,
+                      first_seq=opts.first_seq)
+    # the HELLO says what we have; ACCEPT says what the server wants (rate, channels)
+    state = _Receiver()
+    proto, acc_ev = await connect(core, opts.server, state.on_event)
+    acc = acc_ev.accept
+    try:
+        xm = aio.resample(aio.to_channels(x, acc.channels), file_sr, acc.sample_rate)
+        n, d, b = xm.shape[1], acc.delay, acc.block_frames
+        nblocks = -(-(n + d) // b)
+        padded = np.zeros((acc.channels, nblocks * b), np.float32)
+        padded[:, :n] = xm
+        state.setup(len(acc.stems), acc.channels, nblocks, b)
+        await _pump(proto, core, state, padded, nblocks, b, acc.sample_rate, opts)
+        proto.send(core.bye(time.monotonic()))
+    finally:
+        proto.transport.close()
+    stems = state.stems[:, :, d:d + n]
+    stems = np.stack([aio.resample(s, acc.sample_rate, file_sr, length=n_file) for s in stems])
+    stems = aio.from_channels(stems, file_ch)
+    files = {}
+    if opts.out_dir is not None:
+        for name, s in zip(acc.stems, stems, strict=True):
+            path = Path(opts.out_dir) / f"{name}.wav"
+            aio.write_audio(path, s, file_sr)
+            files[name] = str(path)
+    return state.report(acc, files, n, d, b, core, opts)
+
+
+async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, nblocks: int,
+                b: int, sr: int, opts: SendOptions) -> None:
+    t0 = time.monotonic()
+    next_ping = t0
+    for k in range(nblocks):
+        if opts.realtime:
+            due = t0 + k * b / sr
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        else:
+            while k - state.complete_upto() > AFAP_WINDOW:
+                await asyncio.sleep(0.0005)
+                if time.monotonic() - state.last_rx > opts.drain_s and state.last_rx:
+                    break
+        now = time.monotonic()
+        if now >= next_ping:
+            proto.send(core.ping(now))
+            next_ping = now + opts.ping_every_s
+        ns = time.monotonic_ns()
+        state.send_ns[k] = ns
+        flags = Flags.LAST if k == nblocks - 1 else 0
+        proto.send(core.audio(padded[:, k * b:(k + 1) * b], k * b, ns, flags))
+        state.sent += 1
+    deadline = time.monotonic() + opts.drain_s
+    while state.received < state.expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    state.seconds = time.monotonic() - t0
+
+
+class _Receiver:
+    """Places STEM blocks by timestamp into preallocated full-length buffers."""
+
+    def __init__(self) -> None:
+        self.rtt_ns: list[int] = []
+        self.sent = self.received = self.expected = 0
+        self.duplicates = self.concealed = 0
+        self.last_rx = 0.0
+        self.seconds = 0.0
+        self.server_bye = None
+        self.bad = 0
+
+    def setup(self, n_stems: int, channels: int, nblocks: int, b: int) -> None:
+        self.b, self.nblocks = b, nblocks
+        self.stems = np.zeros((n_stems, channels, nblocks * b), np.float32)
+        self.arrival_ns = np.full((n_stems, nblocks), np.nan)
+        self.send_ns = np.full(nblocks, np.nan)
+        self.expected = n_stems * nblocks
+        self._per_block = np.zeros(nblocks, np.int32)
+        self._n_stems = n_stems
+        self._complete = 0
+
+    def complete_upto(self) -> int:
+        while self._complete < self.nblocks and self._per_block[self._complete] >= self._n_stems:
+            self._complete += 1
+        return self._complete
+
+    def on_event(self, ev) -> None:
+        if isinstance(ev, StemBlock):
+            h = ev.header
+            k = h.timestamp // self.b if h.timestamp % self.b == 0 else -1
+            if not (0 <= k < self.nblocks and h.frames == self.b and h.stem < self._n_stems):
+                self.bad += 1
+                return
+            if not np.isnan(self.arrival_ns[h.stem, k]):
+                self.duplicates += 1
+                return
+            pk.read_media(ev.data, h, self.stems[h.stem, :, h.timestamp:h.timestamp + self.b])
+            self.arrival_ns[h.stem, k] = time.monotonic_ns()
+            self._per_block[k] += 1
+            self.received += 1
+            self.last_rx = time.monotonic()
+            if h.flags & Flags.CONCEALED:
+                self.concealed += 1
+        elif isinstance(ev, Pong):
+            self.rtt_ns.append(ev.rtt_ns)
+        elif isinstance(ev, ServerBye):
+            self.server_bye = ev.reason
+
+    def report(self, acc, files, n, d, b, core, opts) -> SendReport:
+        arrival = self.arrival_ns
+        turnaround = (arrival - self.send_ns[None, :]) / 1e6  # per stem block, ms
+        # lateness and latency mean something only when blocks leave at the audio rate
+        late = int(np.sum(turnaround > opts.jitter_ms)) if opts.realtime else 0
+        # end-to-end per input block: its output samples [kb + D, kb + D + b) complete
+        lat = []
+        for k in range(-(-n // b)):
+            k1, k2 = (k * b + d) // b, (k * b + d + b - 1) // b
+            done = arrival[:, k1:k2 + 1]
+            lat.append(float(np.max(done) - self.send_ns[k]) / 1e6
+                       if not np.isnan(done).any() else float("nan"))
+        rep = SendReport(
+            files=files, model=acc.model, stems=list(acc.stems),
+            preset=_preset_name(acc.preset), delay=d, sample_rate=acc.sample_rate, block=b,
+            seconds=self.seconds, sent=self.sent, received=self.received,
+            expected=self.expected, lost=self.expected - self.received, late=late,
+            duplicates=self.duplicates, concealed=self.concealed,
+            rtt_ms=_pct([r / 1e6 for r in self.rtt_ns]), latency_ms=_pct(lat),
+            turnaround_ms=_pct(turnaround.ravel()), block_latency_ms=lat,
+            dropped={k: v for k, v in core.counters.items() if k.startswith("drop")},
+        )
+        return rep
+
+
+def _preset_name(code: int) -> str:
+    from stemlink.wire.constants import PRESET_NAMES
+
+    return PRESET_NAMES.get(code, "custom")
+
+
+def save_stats(rep: SendReport, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(rep.__dict__, indent=2) + "\n")

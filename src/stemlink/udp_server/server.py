@@ -1,0 +1,189 @@
+"""`stemlink serve`: the uvloop glue around ServerCore and the separation Worker.
+
+The event loop only moves datagrams between the socket, the core and the worker; the
+model runs on the worker thread so that inference never blocks receiving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from stemlink.engine.session import Engine, open_engine
+from stemlink.loop import run_loop
+from stemlink.udp_server.core import ServerCore, StreamSetup
+from stemlink.udp_server.worker import Worker
+from stemlink.wire.constants import SYNTHESIS_NAMES
+
+log = logging.getLogger("stemlink.server")
+RCVBUF = 8 << 20  # the default (~200 KiB) holds only a few hundred small datagrams
+EXPIRE_EVERY_S = 0.5
+
+
+@dataclass
+class ServeOptions:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 5005
+    backend: str = "cpu"
+    preset: str = "monitor"
+    max_sessions: int = 8
+    idle_timeout: float = 10.0
+    psk: bytes = b""
+
+
+def make_stream_factory(engine: Engine, default_preset: str):
+    def make(preset: str | None, hop: int, look: int, syn: int) -> StreamSetup:
+        name = preset or default_preset
+        cfg = engine.config(name, hop if hop >= 0 else None, look if look >= 0 else None,
+                            SYNTHESIS_NAMES.get(syn) if syn >= 0 else None)
+        sep = engine.separator(cfg)
+        return StreamSetup(sep, name, cfg.hop_frames, cfg.lookahead, cfg.synthesis, sep.delay)
+
+    return make
+
+
+class ServerProtocol(asyncio.DatagramProtocol):
+    def __init__(self, core: ServerCore, worker: Worker) -> None:
+        self.core, self.worker = core, worker
+        self.transport: asyncio.DatagramTransport | None = None
+        self.send_errors = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.core.receive_datagram(data, addr, time.monotonic())
+        self.flush()
+
+    def flush(self) -> None:
+        for data, addr in self.core.take_outbox():
+            self.send_many([data], addr)
+        jobs = self.core.take_jobs()
+        if jobs:
+            self.worker.submit(jobs)
+
+    def send_many(self, datagrams: list[bytes], addr) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        for d in datagrams:
+            try:
+                self.transport.sendto(d, addr)
+            except OSError:
+                self.send_errors += 1
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors etc.: count, go on
+        self.send_errors += 1
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, RCVBUF)
+        except OSError:
+            pass
+    sock.bind(sockaddr)
+    sock.setblocking(False)
+    return sock
+
+
+class Server:
+    """A running server: engine, core, worker, socket. `run()` until `stop()`."""
+
+    def __init__(self, opts: ServeOptions, engine: Engine | None = None) -> None:
+        self.opts = opts
+        self.engine = engine or open_engine(opts.model, opts.backend)
+        card = self.engine.card
+        self.core = ServerCore(
+            card_stems=card.stems, model_name=card.name, sample_rate=card.sample_rate,
+            channels=card.channels, make_stream=make_stream_factory(self.engine, opts.preset),
+            psk=opts.psk, max_sessions=opts.max_sessions, idle_timeout=opts.idle_timeout)
+        self.sock = bind_socket(opts.host, opts.port)
+        self.address = self.sock.getsockname()
+        self.protocol: ServerProtocol | None = None
+        self.worker: Worker | None = None
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def describe(self) -> str:
+        cfg = self.engine.config(self.opts.preset)
+        sep = self.engine.separator(cfg)
+        rcv = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        return (f"stemlink serving {self.engine.card.name} on {self.address[0]}:"
+                f"{self.address[1]} ({self.engine.backend.name}); default preset "
+                f"{self.opts.preset}: H={cfg.hop_frames} L={cfg.lookahead} {cfg.synthesis}, "
+                f"{sep.latency.describe()}; max {self.opts.max_sessions} sessions, idle "
+                f"timeout {self.opts.idle_timeout:g} s, SO_RCVBUF {rcv} bytes")
+
+    async def run(self, install_signals: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop = asyncio.Event()
+        worker = Worker(lambda d, a: loop.call_soon_threadsafe(self._send, d, a),
+                        len(self.engine.card.stems))
+        self.worker = worker
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: ServerProtocol(self.core, worker), sock=self.sock)
+        self.protocol = protocol
+        worker.start()
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._stop.set)
+        try:
+            while not self._stop.is_set():
+                try:
+                    await asyncio.wait_for(self._stop.wait(), EXPIRE_EVERY_S)
+                except asyncio.TimeoutError:
+                    pass
+                self.core.expire(time.monotonic())
+                protocol.flush()
+        finally:
+            self.core.shutdown(time.monotonic())
+            protocol.flush()
+            worker.stop()
+            transport.close()
+            self.engine.close()
+            log.info("server stopped: %s", dict(self.core.counters))
+
+    def _send(self, datagrams: list[bytes], addr: Any) -> None:
+        if self.protocol is not None:
+            self.protocol.send_many(datagrams, addr)
+
+    def stop(self) -> None:
+        """Thread-safe."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+
+class ServerThread:
+    """A server on its own thread and event loop (demo, tests, benchmarks)."""
+
+    def __init__(self, opts: ServeOptions) -> None:
+        self.server = Server(opts)
+        self._thread = threading.Thread(target=run_loop, args=(self.server.run(),),
+                                        name="stemlink-server", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.address[0], self.server.address[1]
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        for _ in range(500):
+            if self.server.protocol is not None:
+                break
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.stop()
+        self._thread.join(10)

@@ -1,0 +1,308 @@
+"""Packet layout v1: a 36-byte header (network byte order), a payload, a 16-byte tag.
+
+Every decode checks bounds and ranges and raises WireError (with a short `reason` slug
+for counters) on anything malformed; it never raises anything else on arbitrary bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from stemlink.errors import StemlinkError
+from stemlink.wire import auth
+from stemlink.wire.constants import (
+    BLOCK_FRAMES,
+    COOKIE_SIZE,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_CHANNELS,
+    MAX_NAME,
+    MAX_PAYLOAD,
+    MAX_STEMS,
+    NONCE_SIZE,
+    TAG_SIZE,
+    VERSION,
+    ByeReason,
+    ErrorCode,
+    Flags,
+    PacketType,
+    SampleFormat,
+)
+
+
+class WireError(StemlinkError):
+    """A datagram that is not a valid stemlink v1 packet."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+_HEADER = struct.Struct(">HBBBBBBIIQQHH")
+assert _HEADER.size == HEADER_SIZE
+_HELLO = struct.Struct(f">{NONCE_SIZE}sIHBBBBBB{COOKIE_SIZE}s")
+_ACCEPT = struct.Struct(f">IHBBBBBBBI{NONCE_SIZE}s")
+_PONG = struct.Struct(">Q")
+_BYE = struct.Struct(">B")
+_ERROR = struct.Struct(">HB")
+_KNOWN_FLAGS = int(Flags.CONCEALED | Flags.REDUNDANT | Flags.LAST)
+_MEDIA = (PacketType.AUDIO, PacketType.STEM)
+DEFAULT = 255  # "server's choice" for the optional u8 fields of HELLO
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    type: PacketType
+    flags: int
+    session: int  # u32, 0 before ACCEPT
+    seq: int  # u32, per direction and stream (per stem for STEM)
+    timestamp: int  # u64, stream index of the block's first sample
+    send_time: int  # u64 ns, sender's monotonic clock (echoed by PONG)
+    frames: int = 0  # samples per channel in the payload (AUDIO/STEM)
+    channels: int = 0
+    format: int = 0  # SampleFormat for AUDIO/STEM
+    stem: int = 0  # stem index for STEM
+    payload_len: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    nonce: bytes  # 16 random bytes, names the client's attempt
+    sample_rate: int  # Hz of the audio the client will send (must equal the model's)
+    block_frames: int
+    channels: int
+    format: int
+    preset: int  # PRESET_CODES
+    hop_frames: int = DEFAULT  # H override, 255 = preset's
+    lookahead: int = DEFAULT  # L override, 255 = preset's
+    synthesis: int = DEFAULT  # SYNTHESIS_CODES override, 255 = preset's
+    cookie: bytes = bytes(COOKIE_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    sample_rate: int
+    block_frames: int
+    channels: int
+    format: int
+    preset: int
+    hop_frames: int
+    lookahead: int
+    synthesis: int
+    delay: int  # D in samples: STEM sample i is the separation of AUDIO sample i - D
+    server_nonce: bytes
+    model: str
+    stems: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMsg:
+    code: int
+    message: str
+
+
+# --------------------------------------------------------------------------- header
+def pack_header(buf: bytearray | memoryview, h: Header) -> None:
+    _HEADER.pack_into(buf, 0, MAGIC, VERSION, h.type, h.flags, h.stem, h.channels, h.format,
+                      h.session, h.seq, h.timestamp, h.send_time, h.frames, h.payload_len)
+
+
+def decode_header(data: bytes | memoryview) -> Header:
+    n = len(data)
+    if n < HEADER_SIZE + TAG_SIZE:
+        raise WireError("truncated", f"{n} bytes")
+    (magic, version, ptype, flags, stem, channels, fmt, session, seq, ts, sent, frames,
+     plen) = _HEADER.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise WireError("bad-magic")
+    if version != VERSION:
+        raise WireError("bad-version", str(version))
+    if not 1 <= ptype <= len(PacketType):
+        raise WireError("bad-type", str(ptype))
+    if flags & ~_KNOWN_FLAGS:
+        raise WireError("bad-flags")
+    if plen > MAX_PAYLOAD or n != HEADER_SIZE + plen + TAG_SIZE:
+        raise WireError("bad-length", f"payload {plen}, datagram {n}")
+    t = PacketType(ptype)
+    if t in _MEDIA:
+        if fmt not in (1, 2) or not 1 <= channels <= MAX_CHANNELS:
+            raise WireError("bad-media-format")
+        if frames not in BLOCK_FRAMES or plen != frames * channels * SampleFormat(fmt).width:
+            raise WireError("bad-media-length")
+        if t is PacketType.AUDIO and stem:
+            raise WireError("bad-stem")
+        if stem >= MAX_STEMS:
+            raise WireError("bad-stem")
+    elif frames or channels or fmt or stem:
+        raise WireError("bad-header-fields")
+    return Header(t, flags, session, seq, ts, sent, frames, channels, fmt, stem, plen)
+
+
+def payload(data: bytes | memoryview, h: Header) -> memoryview:
+    return memoryview(data)[HEADER_SIZE:HEADER_SIZE + h.payload_len]
+
+
+def check_tag(data: bytes | memoryview, key: bytes) -> bool:
+    mv = memoryview(data)
+    return auth.verify(key, mv[:-TAG_SIZE], mv[-TAG_SIZE:])
+
+
+# --------------------------------------------------------------------------- whole packets
+def encode(h: Header, body: bytes, key: bytes) -> bytes:
+    if len(body) > MAX_PAYLOAD:
+        raise WireError("bad-length", f"payload {len(body)} > {MAX_PAYLOAD}")
+    buf = bytearray(HEADER_SIZE + len(body) + TAG_SIZE)
+    pack_header(buf, _with_len(h, len(body)))
+    buf[HEADER_SIZE:HEADER_SIZE + len(body)] = body
+    buf[-TAG_SIZE:] = auth.tag(key, memoryview(buf)[:-TAG_SIZE])
+    return bytes(buf)
+
+
+def _with_len(h: Header, n: int) -> Header:
+    if h.payload_len == n:
+        return h
+    return Header(h.type, h.flags, h.session, h.seq, h.timestamp, h.send_time, h.frames,
+                  h.channels, h.format, h.stem, n)
+
+
+def encode_hello(m: Hello) -> bytes:
+    if len(m.nonce) != NONCE_SIZE or len(m.cookie) != COOKIE_SIZE:
+        raise WireError("bad-hello", "nonce or cookie size")
+    return _HELLO.pack(m.nonce, m.sample_rate, m.block_frames, m.channels, m.format, m.preset,
+                       m.hop_frames, m.lookahead, m.synthesis, m.cookie)
+
+
+def decode_hello(p: memoryview | bytes) -> Hello:
+    if len(p) != _HELLO.size:
+        raise WireError("bad-hello", f"{len(p)} bytes")
+    return Hello(*_HELLO.unpack(p))
+
+
+def _name(s: str) -> bytes:
+    b = s.encode("utf-8")
+    if not b or len(b) > MAX_NAME:
+        raise WireError("bad-name", s[:20])
+    return bytes([len(b)]) + b
+
+
+def encode_accept(m: Accept) -> bytes:
+    if not 1 <= len(m.stems) <= MAX_STEMS:
+        raise WireError("bad-accept", "stem count")
+    head = _ACCEPT.pack(m.sample_rate, m.block_frames, m.channels, m.format, len(m.stems),
+                        m.preset, m.hop_frames, m.lookahead, m.synthesis, m.delay,
+                        m.server_nonce)
+    return head + _name(m.model) + b"".join(_name(s) for s in m.stems)
+
+
+def decode_accept(p: memoryview | bytes) -> Accept:
+    p = bytes(p)
+    if len(p) < _ACCEPT.size:
+        raise WireError("bad-accept", "truncated")
+    (sr, block, ch, fmt, n_stems, preset, hop, look, syn, delay,
+     nonce) = _ACCEPT.unpack_from(p, 0)
+    if not 1 <= n_stems <= MAX_STEMS:
+        raise WireError("bad-accept", "stem count")
+    pos, names = _ACCEPT.size, []
+    for _ in range(1 + n_stems):
+        if pos >= len(p):
+            raise WireError("bad-accept", "truncated names")
+        n = p[pos]
+        if not 1 <= n <= MAX_NAME or pos + 1 + n > len(p):
+            raise WireError("bad-accept", "name length")
+        try:
+            names.append(p[pos + 1:pos + 1 + n].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise WireError("bad-accept", "name encoding") from None
+        pos += 1 + n
+    if pos != len(p):
+        raise WireError("bad-accept", "trailing bytes")
+    return Accept(sr, block, ch, fmt, preset, hop, look, syn, delay, nonce, names[0],
+                  tuple(names[1:]))
+
+
+def encode_pong(echo_ns: int) -> bytes:
+    return _PONG.pack(echo_ns)
+
+
+def decode_pong(p: memoryview | bytes) -> int:
+    if len(p) != _PONG.size:
+        raise WireError("bad-pong")
+    return _PONG.unpack(p)[0]
+
+
+def encode_bye(reason: ByeReason = ByeReason.NORMAL) -> bytes:
+    return _BYE.pack(reason)
+
+
+def decode_bye(p: memoryview | bytes) -> int:
+    if len(p) != _BYE.size:
+        raise WireError("bad-bye")
+    return _BYE.unpack(p)[0]
+
+
+def encode_error(code: ErrorCode, message: str) -> bytes:
+    b = message.encode("utf-8")[:200]
+    return _ERROR.pack(code, len(b)) + b
+
+
+def decode_error(p: memoryview | bytes) -> ErrorMsg:
+    p = bytes(p)
+    if len(p) < _ERROR.size:
+        raise WireError("bad-error")
+    code, n = _ERROR.unpack_from(p, 0)
+    if len(p) != _ERROR.size + n:
+        raise WireError("bad-error", "length")
+    return ErrorMsg(code, p[_ERROR.size:].decode("utf-8", errors="replace"))
+
+
+# --------------------------------------------------------------------------- media hot path
+class MediaWriter:
+    """Encodes AUDIO/STEM packets into one preallocated buffer (reused per packet)."""
+
+    def __init__(self, frames: int, channels: int, fmt: SampleFormat) -> None:
+        self.frames, self.channels, self.format = frames, channels, SampleFormat(fmt)
+        self.payload_len = frames * channels * self.format.width
+        if self.payload_len > MAX_PAYLOAD:
+            raise WireError("bad-media-length",
+                            f"{frames} frames x {channels} ch x {self.format.width} B > "
+                            f"{MAX_PAYLOAD}")
+        self.buf = bytearray(HEADER_SIZE + self.payload_len + TAG_SIZE)
+        dtype = "<i2" if self.format is SampleFormat.S16LE else "<f4"
+        self._pcm = np.frombuffer(self.buf, dtype=dtype, count=frames * channels,
+                                  offset=HEADER_SIZE).reshape(frames, channels)
+        self._scratch = np.zeros((frames, channels), np.float32)
+        self._mv = memoryview(self.buf)
+
+    def write(self, ptype: PacketType, samples: np.ndarray, *, session: int, seq: int,
+              timestamp: int, send_time: int, key: bytes, stem: int = 0,
+              flags: int = 0) -> bytes:
+        """samples: float32 [channels, frames]; s16 scales by 32768 and saturates."""
+        if self.format is SampleFormat.S16LE:
+            np.multiply(samples.T, 32768.0, out=self._scratch)
+            np.rint(self._scratch, out=self._scratch)
+            np.clip(self._scratch, -32768.0, 32767.0, out=self._scratch)
+            np.copyto(self._pcm, self._scratch, casting="unsafe")
+        else:
+            np.copyto(self._pcm, samples.T)
+        _HEADER.pack_into(self.buf, 0, MAGIC, VERSION, ptype, flags, stem, self.channels,
+                          self.format, session, seq, timestamp, send_time, self.frames,
+                          self.payload_len)
+        self.buf[-TAG_SIZE:] = auth.tag(key, self._mv[:-TAG_SIZE])
+        return bytes(self.buf)
+
+
+def read_media(data: bytes | memoryview, h: Header, out: np.ndarray) -> None:
+    """Decode the PCM payload of a validated AUDIO/STEM packet into out [channels, frames]."""
+    if out.shape != (h.channels, h.frames):
+        raise WireError("bad-media-length", "block shape differs from the session's")
+    dtype = "<i2" if h.format == SampleFormat.S16LE else "<f4"
+    pcm = np.frombuffer(data, dtype=dtype, count=h.frames * h.channels, offset=HEADER_SIZE)
+    if h.format == SampleFormat.S16LE:
+        np.multiply(pcm.reshape(h.frames, h.channels).T, 1.0 / 32768.0, out=out)
+    else:
+        np.copyto(out, pcm.reshape(h.frames, h.channels).T)
+        if not np.isfinite(out).all():
+            np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
