@@ -190,3 +190,26 @@ def test_bad_configs_are_refused(card, engine):
         engine.separator(StreamConfig(40, 30))
     with pytest.raises(EngineError):
         engine.separator(preset("monitor")).process(np.zeros((3, 10), np.float32))
+
+
+def test_ultra_fidelity_at_h1_against_offline(engine, example, offline_ref):
+    """Asymmetric synthesis, H = 1, L = 0 (D = 2047 samples, 46.4 ms)."""
+    x, _ = example
+    sep = engine.separator(StreamConfig(1, 0, "asymmetric"))
+    assert sep.delay == 2 * 1024 - 1
+    y = stream_array(sep, x)
+    got = [sdr(offline_ref[s], y[s]) for s in range(2)]
+    assert got[0] >= 11.5 and got[1] >= 17.0, got
+
+
+def test_ultra_preset_is_the_lowest_delay(card):
+    from stemlink.engine.presets import PRESETS
+
+    for accelerated in (False, True):
+        delays = {}
+        for name in PRESETS:
+            sep = StreamingSeparator(full_band(card), UnitMaskBackend(card),
+                                     preset(name, accelerated))
+            delays[name] = sep.delay
+        assert min(delays, key=delays.get) == "ultra"
+        assert delays["ultra"] == (preset("ultra", accelerated).hop_frames + 1) * 1024 - 1

@@ -134,6 +134,50 @@ def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path) -> N
         click.echo(f"JSON: {json_path}")
 
 
+@bench.command("latency")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
+@click.option("--against", type=click.Choice(["baseline"]), default=None,
+              help="Also measure the blueprint's WebSocket design.")
+@click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(2, 3600))
+@click.option("--clients", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--profile", type=click.Choice(["wired", "wifi"]), default=None,
+              help="Network impairment profile (needs the impairment relay).")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
+@click.option("--backend", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu",
+              show_default=True)
+@click.option("--out", "out_dir", default="out/bench-latency", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_latency_cmd(model, against, seconds, clients, profile, preset, backend,
+                      out_dir) -> None:
+    """End-to-end latency (client clock), compute, CPU and bytes: stemlink vs baseline."""
+    from stemlink.bench.latency import PNG, bench_latency, render
+
+    r = bench_latency(model, against, seconds, clients, profile, preset, backend,
+                      Path(out_dir))
+    click.echo(render(r))
+    click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
+
+
+@bench.command("capacity")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
+@click.option("--backend", "backends", multiple=True,
+              type=click.Choice(["cpu", "cuda", "tensorrt"]),
+              help="Backend(s) to measure (default: every available one).")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
+@click.option("--seconds", default=8.0, show_default=True, type=click.FloatRange(2, 600),
+              help="Audio per step.")
+@click.option("--max-clients", default=16, show_default=True, type=click.IntRange(1, 256))
+@click.option("--out", "out_dir", default="out/bench-capacity", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_capacity_cmd(model, backends, preset, seconds, max_clients, out_dir) -> None:
+    """Concurrent real-time sessions with zero missed deadlines (ramped up)."""
+    from stemlink.bench.capacity import available_backends, bench_capacity, render
+
+    r = bench_capacity(model, list(backends) or available_backends(), preset, seconds,
+                       max_clients, Path(out_dir))
+    click.echo(render(r))
+
+
 # --------------------------------------------------------------------------- network
 def _psk_option(f):
     return click.option("--psk", envvar="STEMLINK_PSK", default="", show_default=False,
@@ -160,9 +204,11 @@ def _setup_logging(level: str) -> None:
               type=click.FloatRange(0.5, 3600), help="Seconds of silence that end a session.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--compute-stats", type=click.Path(dir_okay=False), hidden=True,
+              help="Write per-block compute times as JSON at exit (used by benchmarks).")
 @_psk_option
 def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_level,
-          psk) -> None:
+          compute_stats, psk) -> None:
     """Run the UDP separation server (SIGINT/SIGTERM stop it cleanly)."""
     from stemlink.loop import run_loop
     from stemlink.udp_server.server import ServeOptions, Server
@@ -170,7 +216,7 @@ def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_le
     _setup_logging(log_level)
     try:
         srv = Server(ServeOptions(model, host, port, backend, preset, max_sessions,
-                                  idle_timeout, psk.encode()))
+                                  idle_timeout, psk.encode(), compute_stats))
     except OSError as e:
         raise StemlinkError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     click.echo(srv.describe(), err=True)

@@ -47,7 +47,7 @@ class OrtBackend:
 
     def __init__(self, card: ModelCard, folder: str | Path, *, graph: str = "streaming",
                  batch: int = 1, provider: str = "cpu", threads: int | None = None,
-                 spin: bool = True) -> None:
+                 spin: bool = False) -> None:
         if batch < 1:
             raise EngineError("batch must be >= 1")
         self.card = card

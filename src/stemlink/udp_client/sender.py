@@ -123,27 +123,30 @@ async def send_file(opts: SendOptions) -> SendReport:
 
 async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, nblocks: int,
                 b: int, sr: int, opts: SendOptions) -> None:
-    t0 = time.monotonic()
+    # Real-time pacing acts like a capture device: block k is complete, and sent, at
+    # t0 + (k+1)*b/sr. Latency is measured from that capture moment (not from when the
+    # send actually happened), so client scheduling delays count against us.
+    t0_ns = time.monotonic_ns()
+    t0 = t0_ns / 1e9
     next_ping = t0
     for k in range(nblocks):
         if opts.realtime:
-            due = t0 + k * b / sr
-            delay = due - time.monotonic()
-            if delay > 0:
+            due = t0 + (k + 1) * b / sr
+            while (delay := due - time.monotonic()) > 0:  # timers may fire early (1 ms grain)
                 await asyncio.sleep(delay)
+            state.send_ns[k] = t0_ns + (k + 1) * b * 1e9 / sr
         else:
             while k - state.complete_upto() > AFAP_WINDOW:
                 await asyncio.sleep(0.0005)
                 if time.monotonic() - state.last_rx > opts.drain_s and state.last_rx:
                     break
+            state.send_ns[k] = time.monotonic_ns()
         now = time.monotonic()
         if now >= next_ping:
             proto.send(core.ping(now))
             next_ping = now + opts.ping_every_s
-        ns = time.monotonic_ns()
-        state.send_ns[k] = ns
         flags = Flags.LAST if k == nblocks - 1 else 0
-        proto.send(core.audio(padded[:, k * b:(k + 1) * b], k * b, ns, flags))
+        proto.send(core.audio(padded[:, k * b:(k + 1) * b], k * b, time.monotonic_ns(), flags))
         state.sent += 1
     deadline = time.monotonic() + opts.drain_s
     while state.received < state.expected and time.monotonic() < deadline:

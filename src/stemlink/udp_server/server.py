@@ -36,6 +36,7 @@ class ServeOptions:
     max_sessions: int = 8
     idle_timeout: float = 10.0
     psk: bytes = b""
+    compute_stats: str | None = None  # write per-block compute times here at exit (benches)
 
 
 def make_stream_factory(engine: Engine, default_preset: str):
@@ -152,6 +153,12 @@ class Server:
             worker.stop()
             transport.close()
             self.engine.close()
+            if self.opts.compute_stats:
+                import json
+
+                with open(self.opts.compute_stats, "w") as f:
+                    json.dump({"compute_ns": worker.compute_ns,
+                               "counters": dict(self.core.counters)}, f)
             log.info("server stopped: %s", dict(self.core.counters))
 
     def _send(self, datagrams: list[bytes], addr: Any) -> None:

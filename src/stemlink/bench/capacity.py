@@ -1,0 +1,107 @@
+"""`stemlink bench capacity`: how many concurrent real-time sessions one server sustains
+with zero missed deadlines, per available backend, ramping the number of clients up.
+
+A stem block misses its deadline when it arrives more than one inference period (H hops)
+after the capture of the input block it answers, or never arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from stemlink.bench import procs
+from stemlink.bench.latency import bench_audio
+from stemlink.bench.machine import describe, machine
+from stemlink.bench.stats import markdown_table
+
+
+def available_backends() -> list[str]:
+    import onnxruntime as ort
+
+    out = ["cpu"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        out.append("cuda")
+    return out
+
+
+def _step(wav: Path, port: int, preset: str, n: int, budget_ms: float) -> list:
+    from stemlink.loop import run_loop
+    from stemlink.udp_client.sender import SendOptions, send_file
+
+    box = {}
+
+    async def go():
+        box["r"] = await asyncio.gather(*[
+            send_file(SendOptions(wav, ("127.0.0.1", port), None, preset=preset,
+                                  realtime=True, jitter_ms=budget_ms)) for _ in range(n)])
+
+    run_loop(go())
+    return box["r"]
+
+
+def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
+                   max_clients: int, out: Path) -> dict:
+    from stemlink.engine.presets import preset as preset_config
+
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        bench_audio(seconds, tmp / "bench.wav")
+        for backend in backends:
+            cfg = preset_config(preset, accelerated=backend != "cpu")
+            budget_ms = 1000.0 * cfg.hop_frames * 1024 / 44100
+            port = procs.free_port()
+            child = procs.stemlink_server(model, port, preset, backend,
+                                          tmp / f"{backend}.json", max_sessions=max_clients)
+            steps = []
+            try:
+                for n in range(1, max_clients + 1):
+                    cpu0 = procs.cpu_seconds(child.proc.pid)
+                    reps = _step(tmp / "bench.wav", port, preset, n, budget_ms)
+                    secs = max(r.seconds for r in reps)
+                    missed = sum(r.late + r.lost for r in reps)
+                    steps.append({
+                        "clients": n, "missed": int(missed),
+                        "blocks": int(sum(r.expected for r in reps)),
+                        "turnaround_p99_ms": max(r.turnaround_ms.get("p99", float("nan"))
+                                                 for r in reps),
+                        "latency_p99_ms": max(r.latency_ms.get("p99", float("nan"))
+                                              for r in reps),
+                        "server_cpu_cores": (procs.cpu_seconds(child.proc.pid) - cpu0) / secs,
+                    })
+                    if missed:
+                        break
+            finally:
+                child.stop()
+            ok = [s["clients"] for s in steps if s["missed"] == 0]
+            results[backend] = {"preset": preset, "H": cfg.hop_frames, "budget_ms": budget_ms,
+                                "capacity": max(ok) if ok else 0, "steps": steps,
+                                "limited_by_max_clients": bool(ok) and
+                                max(ok) == max_clients}
+    result = {"benchmark": "capacity", "command": "stemlink " + " ".join(sys.argv[1:]),
+              "machine": machine(), "seconds": seconds, "backends": results}
+    (out / "capacity.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "capacity.md").write_text(render(result) + "\n")
+    return result
+
+
+def render(result: dict) -> str:
+    rows = []
+    for backend, r in result["backends"].items():
+        for s in r["steps"]:
+            rows.append([backend, r["preset"], s["clients"], s["missed"], s["blocks"],
+                         f"{s['turnaround_p99_ms']:.1f}", f"{r['budget_ms']:.1f}",
+                         f"{s['latency_p99_ms']:.1f}", f"{100 * s['server_cpu_cores']:.0f} %"])
+    summary = "; ".join(
+        f"{b}: {r['capacity']}{'+' if r['limited_by_max_clients'] else ''} session(s)"
+        for b, r in result["backends"].items())
+    return (f"capacity ({result['seconds']:g} s per step), {describe(result['machine'])}\n"
+            f"command: {result['command']}\n\n" + markdown_table(
+                ["backend", "preset", "clients", "missed", "stem blocks", "turnaround p99 ms",
+                 "deadline ms", "e2e p99 ms", "server CPU"], rows) +
+            f"\n\ncapacity with zero missed deadlines: {summary}")

@@ -1,0 +1,96 @@
+"""Servers under test run as child processes, so their CPU use is their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from stemlink.errors import StemlinkError
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+class Child:
+    def __init__(self, args: list[str], ready: str, stats: Path) -> None:
+        self.stats = stats
+        self.proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        self.log: list[str] = []
+        while ready:
+            line = self.proc.stderr.readline()  # the server prints its banner when ready
+            if not line and self.proc.poll() is not None:
+                raise StemlinkError(f"server under test exited: {''.join(self.log)[-500:]}")
+            self.log.append(line)
+            if ready in line:
+                break
+        # keep draining stderr so that a chatty child never blocks on a full pipe
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.t0 = time.monotonic()
+        self.cpu0 = cpu_seconds(self.proc.pid)
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            if len(self.log) < 1000:
+                self.log.append(line)
+
+    def cpu_use(self) -> float:
+        """Cores used since it became ready (1.0 = one core busy)."""
+        return (cpu_seconds(self.proc.pid) - self.cpu0) / max(time.monotonic() - self.t0, 1e-9)
+
+    def stop(self) -> dict:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        try:
+            return json.loads(self.stats.read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def stemlink_server(model: str, port: int, preset: str, backend: str, stats: Path,
+                    max_sessions: int = 64) -> Child:
+    return Child(["-m", "stemlink", "serve", "--model", model, "--port", str(port),
+                  "--preset", preset, "--backend", backend, "--max-sessions",
+                  str(max_sessions), "--log-level", "warning", "--compute-stats", str(stats)],
+                 "stemlink serving", stats)
+
+
+def baseline_server(model: str, port: int, backend: str, stats: Path) -> Child:
+    child = Child(["-m", "stemlink.bench.baseline", "--model", model, "--port", str(port),
+                   "--backend", backend, "--stats", str(stats)], "", stats)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # uvicorn prints nothing at log level warning
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        child.stop()
+        raise StemlinkError("baseline server did not start in time")
+    child.t0, child.cpu0 = time.monotonic(), cpu_seconds(child.proc.pid)
+    return child
