@@ -134,6 +134,21 @@ def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path) -> N
         click.echo(f"JSON: {json_path}")
 
 
+@bench.command("fidelity")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
+@click.option("--audio", type=click.Path(dir_okay=False),
+              help="Audio to use (default: the bundled example).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
+def bench_fidelity_cmd(model, audio, json_path) -> None:
+    """SDR of streamed stems vs the offline model, per preset."""
+    from stemlink.bench.fidelity import bench_fidelity, render, save
+
+    r = bench_fidelity(model, audio)
+    click.echo(render(r))
+    if json_path:
+        save(r, json_path)
+
+
 @bench.command("latency")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
 @click.option("--against", type=click.Choice(["baseline"]), default=None,

@@ -1,0 +1,71 @@
+"""`stemlink bench fidelity`: SDR of streamed stems against the same model run offline on
+the whole file (MDX definition), per preset / configuration."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from stemlink import audio as aio
+from stemlink.bench.machine import machine
+from stemlink.bench.stats import markdown_table
+from stemlink.engine.offline import separate_offline
+from stemlink.engine.presets import StreamConfig
+from stemlink.engine.session import open_engine
+from stemlink.separate import stream_array
+
+CONFIGS = [  # (label, H, L, synthesis)
+    ("quality", 4, 8, "standard"), ("balanced", 4, 4, "standard"),
+    ("H=4 L=0", 4, 0, "standard"), ("monitor (CPU)", 2, 0, "standard"),
+    ("monitor (GPU)", 1, 0, "standard"), ("ultra (CPU)", 2, 0, "asymmetric"),
+    ("ultra (GPU)", 1, 0, "asymmetric"),
+]
+
+
+def sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    ref = reference.astype(np.float64)
+    return float(10 * np.log10(np.sum(ref**2) / max(np.sum((ref - estimate)**2), 1e-20)))
+
+
+def bench_fidelity(model: str, audio_path: str | None) -> dict:
+    from stemlink.export.checkpoint import example_audio
+
+    src = audio_path or str(example_audio())
+    x, sr = aio.read_audio(src)
+    off = open_engine(model, graph="offline")
+    try:
+        card = off.card
+        x = aio.resample(aio.to_channels(x, card.channels), sr, card.sample_rate)
+        ref = separate_offline(card, off.backend, x)
+    finally:
+        off.close()
+    eng = open_engine(model)
+    rows = []
+    try:
+        for label, h, l, syn in CONFIGS:
+            sep = eng.separator(StreamConfig(h, l, syn))
+            y = stream_array(sep, x)
+            rows.append({"config": label, "H": h, "L": l, "synthesis": syn,
+                         "delay_samples": sep.delay, "delay_ms": sep.latency.ms,
+                         "sdr_db": {s: sdr(ref[i], y[i]) for i, s in enumerate(card.stems)}})
+    finally:
+        eng.close()
+    return {"benchmark": "fidelity", "audio": Path(src).name, "stems": card.stems,
+            "rows": rows, "machine": machine(), "command": "stemlink " + " ".join(sys.argv[1:])}
+
+
+def render(r: dict) -> str:
+    rows = [[x["config"], x["H"], x["L"], x["synthesis"], x["delay_samples"],
+             f"{x['delay_ms']:.1f}"] + [f"{x['sdr_db'][s]:.2f}" for s in r["stems"]]
+            for x in r["rows"]]
+    return (f"fidelity vs offline on {r['audio']} (SDR dB)\ncommand: {r['command']}\n\n" +
+            markdown_table(["config", "H", "L", "synthesis", "D samples", "D ms"] +
+                           [f"{s} SDR" for s in r["stems"]], rows))
+
+
+def save(r: dict, path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(r, indent=2) + "\n")
