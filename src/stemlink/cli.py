@@ -250,15 +250,19 @@ def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_le
 @click.option("--jitter-ms", default=60.0, show_default=True, type=click.FloatRange(0, 5000),
               help="Playout budget: stem blocks arriving later count as late.")
 @click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
+@click.option("--synthesis", type=click.Choice(["standard", "asymmetric"]),
+              help="Override the preset's synthesis mode for this session.")
 @_psk_option
-def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block, psk) -> None:
+def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block, synthesis,
+         psk) -> None:
     """Stream a file to a server; write the stems it sends back."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.sender import SendOptions, save_stats, send_file
     from stemlink.udp_client.transport import parse_server
 
     opts = SendOptions(input, parse_server(server), out_dir, preset=preset, realtime=realtime,
-                       jitter_ms=jitter_ms, block=int(block), psk=psk.encode())
+                       jitter_ms=jitter_ms, block=int(block), psk=psk.encode(),
+                       synthesis=synthesis)
     rep = _run_coro(run_loop, send_file(opts))
     click.echo(rep.summary() if realtime else rep.summary().replace(
         "end-to-end latency", "(not paced in real time) end-to-end latency"))

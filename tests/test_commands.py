@@ -1,0 +1,70 @@
+"""The server and the demo as processes, the way an operator and a newcomer run them."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_cleanly_on_signals(model_dir, tmp_path, sig):
+    port = free_udp_port()
+    stats = tmp_path / "stats.json"
+    p = subprocess.Popen([sys.executable, "-m", "stemlink", "serve", "--model", str(model_dir),
+                          "--port", str(port), "--compute-stats", str(stats)],
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        banner = p.stderr.readline()
+        assert "stemlink serving" in banner and f":{port}" in banner and "D = " in banner
+        # a real client session while it runs
+        from stemlink.export.checkpoint import example_audio
+
+        r = subprocess.run([sys.executable, "-m", "stemlink", "send", str(example_audio()),
+                            "--server", f"127.0.0.1:{port}", "--out", str(tmp_path / "o"),
+                            "--as-fast-as-possible", "--preset", "ultra"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "preset ultra, D = 3071 samples" in r.stdout, r.stderr
+        time.sleep(0.3)
+        p.send_signal(sig)
+        rest = p.communicate(timeout=30)[1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0
+    assert "Traceback" not in rest
+    assert "started: preset ultra H=2 L=0 asymmetric, D=3071" in rest
+    assert "ended (bye)" in rest and "server stopped" in rest
+    assert json.loads(stats.read_text())["compute_ns"]
+
+
+def test_serve_refuses_a_busy_port_and_a_missing_model(model_dir, tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "stemlink", "serve", "--model",
+                            str(model_dir), "--port", str(port)],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "cannot listen" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "stemlink", "serve", "--model",
+                        str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_demo_is_the_readme_main_job(model_dir, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "stemlink", "demo", "--model", str(model_dir),
+                        "--out", str(tmp_path / "demo")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "lost 0" in r.stdout and "end-to-end latency ms" in r.stdout
+    for stem in ("vocals", "accompaniment"):
+        assert (tmp_path / "demo" / f"{stem}.wav").stat().st_size > 1_000_000
