@@ -11,9 +11,10 @@ import numpy as np
 
 from stemlink import audio as aio
 from stemlink.bench.machine import describe, machine
-from stemlink.bench.stats import markdown_table, pct
+from stemlink.bench.stats import markdown_table
 from stemlink.engine.presets import PRESETS
 from stemlink.engine.session import open_engine
+from stemlink.percentiles import summarize
 
 
 def bench_engine(model: str, backend: str, seconds: float, audio_path: str | None,
@@ -48,7 +49,7 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
                     window_ms.append(dt * 1e3)
             audio_s = x.shape[1] / card.sample_rate
             budget_ms = 1e3 * cfg.hop_frames * hop / card.sample_rate
-            p = pct(window_ms, 50, 99)
+            p = summarize(window_ms, (50, 99))
             rows.append({
                 "preset": name, "H": cfg.hop_frames, "L": cfg.lookahead,
                 "synthesis": cfg.synthesis, "delay_samples": sep.delay,
@@ -60,7 +61,7 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
     return {
         "benchmark": "engine", "backend": engine.backend.name, "model": card.name,
         "window_frames": card.window_frames, "audio_seconds": x.shape[1] / card.sample_rate,
-        "inference_ms": pct(infer_ms, 50, 99), "presets": rows, "machine": machine(),
+        "inference_ms": summarize(infer_ms, (50, 99)), "presets": rows, "machine": machine(),
     }
 
 

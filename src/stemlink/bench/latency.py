@@ -21,18 +21,10 @@ from stemlink.bench import procs
 from stemlink.bench.machine import describe, machine
 from stemlink.bench.stats import markdown_table
 from stemlink.errors import StemlinkError
+from stemlink.percentiles import summarize
 
 BLOCK = 256
 PNG = "latency_cdf.png"
-
-
-def _pct(values) -> dict:
-    a = np.asarray([v for v in values if np.isfinite(v)], np.float64)
-    if a.size == 0:
-        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "n": 0}
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()),
-            "max": float(a.max()), "n": int(a.size)}
 
 
 def bench_audio(seconds: float, path: Path) -> tuple[np.ndarray, int]:
@@ -72,11 +64,11 @@ def run_stemlink(model: str, wav: Path, clients: int, preset: str, backend: str,
     secs = max(r.seconds for r in reps)
     comp = np.asarray(stats.get("compute_ns", []), np.float64) / 1e6
     return {
-        "latency_ms": _pct(lat), "block_latencies_ms": lat,
+        "latency_ms": summarize(lat), "block_latencies_ms": lat,
         "algorithmic_delay_ms": 1000 * r0.delay / r0.sample_rate,
         "algorithmic_delay_samples": r0.delay, "preset": r0.preset,
         "compute_ms": {"unit": "per 256-sample block (inference every H hops)",
-                       **_pct(comp)},
+                       **summarize(comp)},
         "server_cpu_cores": cpu,
         "bytes_per_s_per_client": {"up": r0.sent * dgram / secs,
                                    "down": r0.received * dgram / secs},
@@ -107,10 +99,10 @@ def run_baseline(model: str, x: np.ndarray, sr: int, clients: int, backend: str,
     secs = x.shape[1] / sr
     comp = np.asarray(stats.get("compute_ns", []), np.float64) / 1e6
     return {
-        "latency_ms": _pct(lat), "block_latencies_ms": lat,
+        "latency_ms": summarize(lat), "block_latencies_ms": lat,
         "algorithmic_delay_ms": 1000 * (window - 1) / sr,
         "algorithmic_delay_samples": window - 1,
-        "compute_ms": {"unit": "per 1 s window (every 0.5 s)", **_pct(comp)},
+        "compute_ms": {"unit": "per 1 s window (every 0.5 s)", **summarize(comp)},
         "server_cpu_cores": cpu,
         "bytes_per_s_per_client": {"up": runs[0].bytes_sent / secs,
                                    "down": runs[0].bytes_received / secs},

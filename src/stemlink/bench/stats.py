@@ -1,17 +1,8 @@
-"""Percentiles and small table helpers shared by the benchmarks."""
+"""Markdown tables for the benchmarks' reports."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import numpy as np
-
-
-def pct(values: Sequence[float], *qs: float) -> dict[str, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        return {f"p{q:g}": float("nan") for q in qs}
-    return {f"p{q:g}": float(np.percentile(arr, q)) for q in qs}
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

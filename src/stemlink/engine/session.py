@@ -10,8 +10,6 @@ from stemlink.engine.card import ModelCard, load_card
 from stemlink.engine.presets import StreamConfig, preset
 from stemlink.engine.streaming import StreamingSeparator
 
-DEFAULT_MODEL = "models/spleeter-2stems"
-
 
 @dataclass
 class Engine:

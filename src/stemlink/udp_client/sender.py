@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from stemlink import audio as aio
+from stemlink.percentiles import summarize
 from stemlink.udp_client.core import ClientCore, Pong, ServerBye, StemBlock
 from stemlink.udp_client.transport import connect
 from stemlink.wire import packets as pk
@@ -76,14 +77,6 @@ class SendReport:
             f"p95 {lat.get('p95', float('nan')):.1f}, p99 {lat.get('p99', float('nan')):.1f} "
             f"(D alone {1000 * self.delay / self.sample_rate:.1f})",
         ])
-
-
-def _pct(values) -> dict:
-    a = np.asarray([v for v in values if np.isfinite(v)], np.float64)
-    if a.size == 0:
-        return {}
-    return {f"p{q}": float(np.percentile(a, q)) for q in (50, 95, 99)} | {
-        "max": float(a.max()), "n": int(a.size)}
 
 
 async def send_file(opts: SendOptions) -> SendReport:
@@ -221,8 +214,8 @@ class _Receiver:
             seconds=self.seconds, sent=self.sent, received=self.received,
             expected=self.expected, lost=self.expected - self.received, late=late,
             duplicates=self.duplicates, concealed=self.concealed,
-            rtt_ms=_pct([r / 1e6 for r in self.rtt_ns]), latency_ms=_pct(lat),
-            turnaround_ms=_pct(turnaround.ravel()), block_latency_ms=lat,
+            rtt_ms=summarize([r / 1e6 for r in self.rtt_ns]), latency_ms=summarize(lat),
+            turnaround_ms=summarize(turnaround.ravel()), block_latency_ms=lat,
             dropped={k: v for k, v in core.counters.items() if k.startswith("drop")},
         )
         return rep

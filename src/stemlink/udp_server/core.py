@@ -30,7 +30,6 @@ from stemlink.wire.constants import (
     SYNTHESIS_NAMES,
     ByeReason,
     ErrorCode,
-    Flags,
     PacketType,
     SampleFormat,
 )
@@ -339,7 +338,3 @@ def _addr_bytes(addr: Addr) -> bytes:
 
 def _fmt(addr: Addr) -> str:
     return f"{addr[0]}:{addr[1]}"
-
-
-def concealed(flags: int) -> bool:
-    return bool(flags & Flags.CONCEALED)
