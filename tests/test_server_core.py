@@ -126,3 +126,48 @@ def test_garbage_is_dropped_silently_and_counted():
         s.receive_datagram(rng.bytes(n), ADDR, 1.0)
     assert s.take_outbox() == [] and s.take_jobs() == []
     assert s.counters["dropped"] == 9
+
+
+def test_a_session_that_outruns_the_worker_is_bounded():
+    from stemlink.udp_server.core import MAX_PENDING
+
+    s, c = make_server(), ClientCore(sample_rate=44100, channels=2)
+    _, (acc,) = handshake(s, c)
+    blk = np.zeros((2, 256), np.float32)
+    for k in range(MAX_PENDING + 10):  # nobody takes the jobs
+        s.receive_datagram(c.audio(blk, k * 256, 0), ADDR, 101.0)
+    assert len(s.take_jobs()) == MAX_PENDING
+    assert s.sessions[acc.session].counters["overload"] == 10
+
+
+def test_worker_conceals_gaps_and_keeps_the_timeline(engine):
+    """Real separator: blocks 2 and 3 never arrive; the worker feeds silence in their place
+    and still sends their STEM blocks, flagged CONCEALED, so no output length is lost."""
+    from stemlink.engine.presets import preset
+    from stemlink.udp_server.worker import Worker
+    from stemlink.wire.constants import Flags
+
+    def make_stream(p, hop, look, syn):
+        sep = engine.separator(preset("monitor"))
+        return StreamSetup(sep, "monitor", 2, 0, "standard", sep.delay)
+
+    s = ServerCore(card_stems=["vocals", "accompaniment"], model_name="m", sample_rate=44100,
+                   channels=2, make_stream=make_stream)
+    c = ClientCore(sample_rate=44100, channels=2)
+    _, (acc,) = handshake(s, c)
+    sent = []
+    w = Worker(lambda d, addr: sent.extend(d), 2)
+    blk = np.full((2, 256), 0.1, np.float32)
+    for k in (0, 1, 4):
+        s.receive_datagram(c.audio(blk, k * 256, 0), ADDR, 101.0)
+    jobs = s.take_jobs()
+    for j in jobs:
+        j.session.taken += 1
+        w._process(j.session, j)
+    heads = [pk.decode_header(d) for d in sent]
+    assert [(h.timestamp, h.stem) for h in heads] == [
+        (t, st) for t in (0, 256, 512, 768, 1024) for st in (0, 1)]
+    assert [bool(h.flags & Flags.CONCEALED) for h in heads[::2]] == [
+        False, False, True, True, False]
+    assert [h.seq for h in heads if h.stem == 1] == [0, 1, 2, 3, 4]
+    assert s.sessions[acc.session].counters["concealed_blocks"] == 2

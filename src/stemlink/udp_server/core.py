@@ -75,7 +75,10 @@ class Session:
     ring: np.ndarray | None = None  # [RING_BLOCKS, C, block] input blocks for the worker
     ring_pos: int = 0
     stem_seq: list[int] = field(default_factory=list)
-    pending: int = 0  # jobs queued for the worker (the worker decrements)
+    # jobs handed to the worker, and jobs it has taken: each counter has one writer thread,
+    # so their difference is a race-free queue length
+    queued: int = 0
+    taken: int = 0
     worker_pos: int = 0  # samples the separator has consumed (worker thread only)
     writer: Any = None  # MediaWriter, created and used by the worker thread
     zero_block: Any = None  # silence used to conceal gaps (worker thread)
@@ -309,7 +312,7 @@ class ServerCore:
         if h.timestamp - s.next_ts > MAX_GAP_S * self.sample_rate:
             s.counters["dropped"] += 1
             return self._drop("timestamp-jump")
-        if s.pending >= MAX_PENDING:  # the worker is behind: drop, the worker conceals
+        if s.queued - s.taken >= MAX_PENDING:  # the worker is behind: drop, the worker conceals
             s.counters["overload"] += 1
             s.counters["dropped"] += 1
             s.next_ts = h.timestamp + h.frames
@@ -319,7 +322,7 @@ class ServerCore:
         pk.read_media(data, h, s.ring[slot])
         s.next_ts = h.timestamp + h.frames
         s.counters["audio"] += 1
-        s.pending += 1
+        s.queued += 1
         self.jobs.append(Job(s, h.timestamp, slot, h.flags, h.send_time))
         return None
 

@@ -50,8 +50,8 @@ class Worker:
             if job is None:
                 return
             s = job.session
-            s.pending -= 1
-            if s.closed or s.ring is None:
+            s.taken += 1
+            if s.closed:
                 continue
             try:
                 t = time.perf_counter_ns()
@@ -64,7 +64,10 @@ class Worker:
                 s.ring = None
 
     def _process(self, s: Session, job: Job) -> None:
-        sep = s.setup.separator
+        # local references: close() on the loop thread may drop the session's at any time
+        ring, sep = s.ring, s.setup.separator
+        if ring is None or sep is None:
+            return
         if s.writer is None:
             s.writer = MediaWriter(s.block, s.channels, s.format)
             s.zero_block = np.zeros((s.channels, s.block), np.float32)
@@ -73,7 +76,7 @@ class Worker:
                        job.sent_ns)
             s.counters["concealed_blocks"] += 1
             s.worker_pos += s.block
-        out = sep.process(s.ring[job.slot])
+        out = sep.process(ring[job.slot])
         self._emit(s, out, job.timestamp, job.flags, job.sent_ns)
         s.worker_pos = job.timestamp + s.block
 
