@@ -289,12 +289,15 @@ def _run_coro(runner, coro):
 @click.option("--monitor", default="accompaniment", show_default=True,
               help="Stem to hear, or a mix: vocals=0.2,accompaniment=1")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None)
-@click.option("--jitter-blocks", default=4, show_default=True, type=click.IntRange(1, 60),
-              help="Playout buffer in blocks (fixed delay it adds).")
+@click.option("--jitter-blocks", default=8, show_default=True, type=click.IntRange(1, 60),
+              help="Playout buffer in blocks (the fixed delay it adds); it must cover the "
+                   "server's inference time, ~25 ms on a 2-core CPU.")
 @click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
+@click.option("--seconds", type=click.FloatRange(0.5, None), default=None,
+              help="Stop after this long (default: run until Ctrl-C).")
 @_psk_option
 def live(server, input_device, output_device, monitor, preset, jitter_blocks, block,
-         psk) -> None:
+         seconds, psk) -> None:
     """Sound card -> server -> headphones, headless; Ctrl-C exits."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.live import run_live
@@ -304,9 +307,13 @@ def live(server, input_device, output_device, monitor, preset, jitter_blocks, bl
         return int(d) if d is not None and d.isdigit() else d
 
     try:
-        _run_coro(run_loop, run_live(parse_server(server), dev(input_device),
-                                     dev(output_device), monitor, preset, psk.encode(),
-                                     jitter_blocks, int(block)))
+        stats = _run_coro(run_loop, run_live(parse_server(server), dev(input_device),
+                                             dev(output_device), monitor, preset,
+                                             psk.encode(), jitter_blocks, int(block),
+                                             seconds))
+        for stem, js in stats["jitter"].items():
+            click.echo(f"{stem}: played {js['pushed']} blocks, concealed {js['concealed']}, "
+                       f"late {js['late']}, duplicates {js['duplicates']}")
     except KeyboardInterrupt:
         click.echo("live: stopped", err=True)
 

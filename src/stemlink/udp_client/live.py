@@ -19,6 +19,7 @@ from stemlink.udp_client.jitter import JitterBuffer
 from stemlink.udp_client.mix import parse_mix
 from stemlink.udp_client.transport import connect
 from stemlink.wire import packets as pk
+from stemlink.wire.constants import PRESET_NAMES
 
 
 def _sounddevice():
@@ -79,8 +80,11 @@ class Playout:
 
 
 async def run_live(server: tuple[str, int], input_device, output_device, monitor: str,
-                   preset: str | None, psk: bytes, target_blocks: int, block: int) -> dict:
-    sd = _sounddevice()
+                   preset: str | None, psk: bytes, target_blocks: int, block: int,
+                   seconds: float | None = None, devices=None) -> dict:
+    """Run until Ctrl-C (or for `seconds`). `devices` is the sounddevice module, or an
+    object with the same query_devices/InputStream/OutputStream/PortAudioError shape."""
+    sd = devices if devices is not None else _sounddevice()
     try:
         dev_in = sd.query_devices(input_device, "input")
         dev_out = sd.query_devices(output_device, "output")
@@ -112,7 +116,8 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
     po = Playout(list(acc.stems), gains, acc.channels, acc.block_frames, acc.sample_rate,
                  rate, out_ch, target_blocks)
     playout.append(po)
-    print(f"live: {acc.model} preset {acc.preset} D = {acc.delay} samples "
+    name = PRESET_NAMES.get(acc.preset, "custom")
+    print(f"live: {acc.model} preset {name} D = {acc.delay} samples "
           f"({1000 * acc.delay / acc.sample_rate:.1f} ms) + jitter buffer "
           f"{1000 * po.buffers[po.active[0]].delay_samples / acc.sample_rate:.1f} ms; "
           f"monitoring {monitor}; Ctrl-C stops", flush=True)
@@ -132,14 +137,18 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
 
     pending = np.zeros((acc.channels, 0), np.float32)
     ts = 0
+    stop_at = None if seconds is None else time.monotonic() + seconds
     try:
         with sd.InputStream(device=input_device, channels=in_ch, samplerate=rate,
                             dtype="float32", callback=in_cb), \
              sd.OutputStream(device=output_device, channels=out_ch, samplerate=rate,
                              dtype="float32", callback=out_cb):
             next_ping = time.monotonic()
-            while True:
-                data = await captured.get()
+            while stop_at is None or time.monotonic() < stop_at:
+                try:
+                    data = await asyncio.wait_for(captured.get(), 0.5)
+                except asyncio.TimeoutError:
+                    continue
                 x = aio.to_channels(np.ascontiguousarray(data.T), acc.channels)
                 if rs_in is not None:
                     x = rs_in.resample_chunk(x.T).T
@@ -157,6 +166,9 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
     finally:
         proto.send(core.bye(time.monotonic()))
         proto.transport.close()
+    stats["delay_samples"] = acc.delay
+    stats["jitter"] = {acc.stems[i]: vars(jb.stats) for i, jb in po.buffers.items()}
+    stats["blocks_sent"] = ts // acc.block_frames
     return stats
 
 
