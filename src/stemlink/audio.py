@@ -11,7 +11,7 @@ import numpy as np
 
 from stemlink.errors import AudioFileError
 
-SUBTYPE = "PCM_24"
+SUBTYPE = "FLOAT"  # 32-bit float WAV: stems may exceed full scale where the mix did not
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
@@ -85,10 +85,11 @@ def from_channels(stems: np.ndarray, channels: int) -> np.ndarray:
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sr: int, subtype: str = SUBTYPE) -> int:
-    """Write [C, n]; returns how many samples had to be clipped to [-1, 1]."""
+    """Write [C, n]; returns how many samples had to be clipped to [-1, 1] (integer
+    subtypes only; FLOAT keeps them)."""
     import soundfile as sf
 
-    clipped = int(np.count_nonzero(np.abs(audio) > 1.0))
+    clipped = 0 if subtype in ("FLOAT", "DOUBLE") else int(np.count_nonzero(np.abs(audio) > 1.0))
     data = np.clip(audio, -1.0, 1.0).T if clipped else audio.T
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
