@@ -42,3 +42,14 @@ def test_offline_stft_overlap_add_reconstructs_exactly():
     out = np.zeros_like(x)
     dsp.overlap_add(frames, M, pair.synthesis, 0, out)
     np.testing.assert_allclose(out, x, atol=2e-5)
+
+
+def test_piecewise_stft_equals_the_whole():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 30_000)).astype(np.float32)
+    w = dsp.hann(N).astype(np.float32)
+    whole = dsp.stft(x, N, M, w)
+    pieces = np.concatenate([dsp.stft(x, N, M, w, f, 5) for f in range(0, whole.shape[1], 5)],
+                            axis=1)
+    np.testing.assert_array_equal(pieces, whole)
+    assert dsp.stft(x, N, M, w, whole.shape[1], 5).shape[1] == 0

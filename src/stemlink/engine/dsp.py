@@ -81,16 +81,22 @@ def n_frames(n_samples: int, n_fft: int, hop: int) -> int:
     return (n_samples - 1) // hop + n_fft // hop
 
 
-def stft(x: np.ndarray, n_fft: int, hop: int, window: np.ndarray) -> np.ndarray:
-    """x: [C, n] -> complex64 [C, T, n_fft//2+1] on the shared frame grid."""
+def stft(x: np.ndarray, n_fft: int, hop: int, window: np.ndarray, first: int = 0,
+         count: int | None = None) -> np.ndarray:
+    """x: [C, n] -> complex64 [C, T, n_fft//2+1] on the shared frame grid; `first` and
+    `count` select a range of frames, so long files can be transformed piecewise."""
     c, n = x.shape
-    t = n_frames(n, n_fft, hop)
-    pad_left = n_fft - hop
-    padded = np.zeros((c, pad_left + t * hop + hop), dtype=np.float32)
-    padded[:, pad_left:pad_left + n] = x
-    idx = np.arange(t)[:, None] * hop + np.arange(n_fft)[None, :]
-    frames = padded[:, idx] * window  # [C, T, N]
-    return np.fft.rfft(frames.astype(np.float32), axis=-1)
+    total = n_frames(n, n_fft, hop)
+    count = total - first if count is None else min(count, total - first)
+    if count <= 0:
+        return np.zeros((c, 0, n_fft // 2 + 1), np.complex64)
+    start = first * hop - (n_fft - hop)  # first sample of the first frame (may be < 0)
+    seg = np.zeros((c, (count - 1) * hop + n_fft), np.float32)
+    a, b = max(start, 0), min(start + seg.shape[1], n)
+    if a < b:
+        seg[:, a - start:b - start] = x[:, a:b]
+    idx = np.arange(count)[:, None] * hop + np.arange(n_fft)[None, :]
+    return np.fft.rfft(seg[:, idx] * window, axis=-1).astype(np.complex64)
 
 
 def overlap_add(frames: np.ndarray, hop: int, synthesis: np.ndarray, first_frame: int,
