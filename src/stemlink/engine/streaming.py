@@ -57,14 +57,25 @@ class StreamStats:
 
 class StreamingSeparator:
     """One stream's state. Uses `backend.inputs[slot]` / `backend.outputs[slot]`, so several
-    separators can share one batched backend; `process()` runs inference itself."""
+    separators can share one batched backend; `process()` runs inference itself.
+
+    Buffers (n = n_fft, m = hop, per channel) and the delay each adds:
+    - input line, 2n samples: holds the frame being completed; a frame is analysed when its
+      last hop is in, so the oldest output hop waits for the synthesis support (n, or 2m
+      asymmetric): `Latency.support`;
+    - magnitude ring, W frames: the model's context, adds nothing (it looks back only);
+    - masks pending, L + H frames: H frames per inference, L frames of look-ahead:
+      `Latency.batching` = (H-1)*m and `Latency.lookahead` = L*m;
+    - overlap-add ring, n samples: finished when its oldest hop is final, adds nothing more;
+    - output FIFO: pre-filled with (L+H)*m - 1 zeros, the frames before the stream start, so
+      that every call returns exactly as many samples as it was given.
+    """
 
     def __init__(self, card: ModelCard, backend: Backend, config: StreamConfig,
                  slot: int = 0, max_block: int = 4096) -> None:
         w = card.window_frames
         config.validate(w)
-        if backend.inputs.shape[2:] != (card.channels, w, card.bins)[1:] and \
-                backend.inputs.shape[1:] != (card.channels, w, card.bins):
+        if backend.inputs.shape[1:] != (card.channels, w, card.bins):
             raise EngineError("backend buffers do not match the model card (activate it first)")
         if not 0 <= slot < backend.inputs.shape[0]:
             raise EngineError(f"slot {slot} is outside the backend's batch")
