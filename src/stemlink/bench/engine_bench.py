@@ -69,6 +69,7 @@ def render(result: dict) -> str:
     inf = result["inference_ms"]
     head = (f"engine: {result['model']} W={result['window_frames']} on {result['backend']}; "
             f"{describe(result['machine'])}\n"
+            f"command: {result.get('command', '')}\n"
             f"one inference (model only): p50 {inf['p50']:.2f} ms, p99 {inf['p99']:.2f} ms\n")
     rows = [[r["preset"], r["H"], r["L"], r["synthesis"], f"{r['delay_ms']:.1f}",
              f"{r['window_ms']['p50']:.2f}", f"{r['window_ms']['p99']:.2f}",
