@@ -6,6 +6,7 @@ import pytest
 from stemlink.udp_client.core import ClientError
 from stemlink.udp_client.live import Playout
 from stemlink.udp_client.mix import parse_mix
+from tests.conftest import lowpass
 
 STEMS = ["vocals", "accompaniment"]
 
@@ -130,8 +131,8 @@ def test_live_pipeline_round_trip_through_the_real_server(model_dir, example):
         assert js["pushed"] > 1000
     # the stems' sum is the input band-limited to 11 kHz, delayed by at least D
     n = 1 << 19
-    a = _lowpass(mono48, 48000)
-    b = _lowpass(y, 48000)
+    a = lowpass(mono48, 48000, 10_000)
+    b = lowpass(y, 48000, 10_000)
     xc = np.fft.irfft(np.fft.rfft(b, n) * np.conj(np.fft.rfft(a, n)), n)
     lag = int(np.argmax(xc[: n // 2]))
     d48 = stats["delay_samples"] * 48000 / 44100
@@ -140,9 +141,3 @@ def test_live_pipeline_round_trip_through_the_real_server(model_dir, example):
     aligned = a[seg.start - lag:seg.stop - lag]
     corr = np.dot(b[seg], aligned) / np.sqrt(np.dot(b[seg], b[seg]) * np.dot(aligned, aligned))
     assert corr > 0.95, corr
-
-
-def _lowpass(v, rate, cutoff=10_000):
-    spec = np.fft.rfft(v)
-    spec[np.fft.rfftfreq(v.size, 1 / rate) > cutoff] = 0
-    return np.fft.irfft(spec, v.size)

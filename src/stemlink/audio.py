@@ -63,6 +63,13 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int, length: int | None = No
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def loop_to(audio: np.ndarray, length: int) -> np.ndarray:
+    """Repeat [C, n] end to end and cut it to `length` samples (benchmarks' long inputs)."""
+    if audio.shape[1] == 0:
+        raise AudioFileError("cannot loop audio that has no samples")
+    return np.tile(audio, (1, -(-length // audio.shape[1])))[:, :length]
+
+
 def to_channels(audio: np.ndarray, channels: int) -> np.ndarray:
     """Mono -> the model's channel count by duplication; more channels are refused."""
     c = audio.shape[0]

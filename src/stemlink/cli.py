@@ -12,6 +12,7 @@ from stemlink.errors import StemlinkError
 
 DEFAULT_MODEL = "models/spleeter-2stems"
 PRESET_NAMES = ("ultra", "monitor", "balanced", "quality")
+BACKENDS = ("cpu", "cuda", "tensorrt")
 
 
 def _err(msg: str) -> None:
@@ -36,6 +37,16 @@ def _progress(label: str):
             bar.__exit__(None, None, None)
 
     return update
+
+
+def _model_option(f):
+    return click.option("--model", default=DEFAULT_MODEL, show_default=True,
+                        type=click.Path(), help="Model folder (from `stemlink export`).")(f)
+
+
+def _backend_option(f):
+    return click.option("--backend", type=click.Choice(BACKENDS), default="cpu",
+                        show_default=True, help="Inference backend.")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,14 +89,12 @@ def _stream_options(f):
 
 @cli.command()
 @click.argument("input", type=click.Path(dir_okay=False))
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path(),
-              help="Model folder (from `stemlink export`).")
+@_model_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for <stem>.wav files.")
 @_stream_options
 @click.option("--offline", is_flag=True, help="Whole-file reference separation instead.")
-@click.option("--backend", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu",
-              show_default=True)
+@_backend_option
 def separate(input: str, model: str, out_dir: str, preset: str, hop_frames, lookahead,
              synthesis, offline: bool, backend: str) -> None:
     """Separate an audio file (WAV/FLAC/MP3/...) into one WAV per stem."""
@@ -113,9 +122,8 @@ def bench() -> None:
 
 
 @bench.command("engine")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
-@click.option("--backend", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu",
-              show_default=True)
+@_model_option
+@_backend_option
 @click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(1, 600),
               help="Audio streamed per preset (the example clip, repeated).")
 @click.option("--iterations", default=100, show_default=True, type=click.IntRange(5, 100000),
@@ -135,7 +143,7 @@ def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path) -> N
 
 
 @bench.command("fidelity")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
+@_model_option
 @click.option("--audio", type=click.Path(dir_okay=False),
               help="Audio to use (default: the bundled example).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
@@ -150,7 +158,7 @@ def bench_fidelity_cmd(model, audio, json_path) -> None:
 
 
 @bench.command("latency")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
+@_model_option
 @click.option("--against", type=click.Choice(["baseline"]), default=None,
               help="Also measure the blueprint's WebSocket design.")
 @click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(2, 3600))
@@ -158,8 +166,7 @@ def bench_fidelity_cmd(model, audio, json_path) -> None:
 @click.option("--profile", type=click.Choice(["wired", "wifi"]), default=None,
               help="Network impairment profile (needs the impairment relay).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
-@click.option("--backend", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu",
-              show_default=True)
+@_backend_option
 @click.option("--out", "out_dir", default="out/bench-latency", show_default=True,
               type=click.Path(file_okay=False))
 def bench_latency_cmd(model, against, seconds, clients, profile, preset, backend,
@@ -174,9 +181,9 @@ def bench_latency_cmd(model, against, seconds, clients, profile, preset, backend
 
 
 @bench.command("capacity")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
+@_model_option
 @click.option("--backend", "backends", multiple=True,
-              type=click.Choice(["cpu", "cuda", "tensorrt"]),
+              type=click.Choice(BACKENDS),
               help="Backend(s) to measure (default: every available one).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
 @click.option("--seconds", default=8.0, show_default=True, type=click.FloatRange(2, 600),
@@ -207,11 +214,10 @@ def _setup_logging(level: str) -> None:
 
 
 @cli.command()
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
+@_model_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5005, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--backend", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu",
-              show_default=True)
+@_backend_option
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True,
               help="Preset for clients that do not ask for one.")
 @click.option("--max-sessions", default=8, show_default=True, type=click.IntRange(1, 1024))
@@ -263,23 +269,13 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
     opts = SendOptions(input, parse_server(server), out_dir, preset=preset, realtime=realtime,
                        jitter_ms=jitter_ms, block=int(block), psk=psk.encode(),
                        synthesis=synthesis)
-    rep = _run_coro(run_loop, send_file(opts))
+    rep = run_loop(send_file(opts))
     click.echo(rep.summary() if realtime else rep.summary().replace(
         "end-to-end latency", "(not paced in real time) end-to-end latency"))
     for name, path in rep.files.items():
         click.echo(f"{name}: {path}")
     if stats_path:
         save_stats(rep, stats_path)
-
-
-def _run_coro(runner, coro):
-    box = {}
-
-    async def wrapped():
-        box["r"] = await coro
-
-    runner(wrapped())
-    return box["r"]
 
 
 @cli.command()
@@ -307,7 +303,7 @@ def live(server, input_device, output_device, monitor, preset, jitter_blocks, bl
         return int(d) if d is not None and d.isdigit() else d
 
     try:
-        stats = _run_coro(run_loop, run_live(parse_server(server), dev(input_device),
+        stats = run_loop(run_live(parse_server(server), dev(input_device),
                                              dev(output_device), monitor, preset,
                                              psk.encode(), jitter_blocks, int(block),
                                              seconds))
@@ -320,7 +316,7 @@ def live(server, input_device, output_device, monitor, preset, jitter_blocks, bl
 
 # --------------------------------------------------------------------------- demo
 @cli.command()
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Path())
+@_model_option
 @click.option("--out", "out_dir", default="out/demo", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
@@ -343,7 +339,7 @@ def demo(model: str, out_dir: str, preset: str) -> None:
     with ServerThread(ServeOptions(model, "127.0.0.1", 0, preset=preset)) as st:
         click.echo(st.server.describe())
         click.echo(f"streaming {src.name} in real time to {st.address[0]}:{st.address[1]} ...")
-        rep = _run_coro(run_loop, send_file(SendOptions(src, st.address, out_dir,
+        rep = run_loop(send_file(SendOptions(src, st.address, out_dir,
                                                         preset=preset)))
     click.echo(rep.summary())
     for name, path in rep.files.items():

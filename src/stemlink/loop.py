@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 
-def run_loop(coro) -> None:
+def run_loop(coro):
+    """Run `coro` to completion and return its result."""
     try:
         import uvloop
     except ImportError:
         import asyncio
 
-        asyncio.run(coro)
-        return
-    uvloop.run(coro)
+        return asyncio.run(coro)
+    return uvloop.run(coro)

@@ -7,14 +7,13 @@ after the capture of the input block it answers, or never arrives.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import tempfile
 from pathlib import Path
 
 from stemlink.bench import procs
-from stemlink.bench.latency import bench_audio
+from stemlink.bench.latency import bench_audio, run_clients
 from stemlink.bench.machine import describe, machine
 from stemlink.bench.stats import markdown_table
 
@@ -28,24 +27,12 @@ def available_backends() -> list[str]:
     return out
 
 
-def _step(wav: Path, port: int, preset: str, n: int, budget_ms: float) -> list:
-    from stemlink.loop import run_loop
-    from stemlink.udp_client.sender import SendOptions, send_file
-
-    box = {}
-
-    async def go():
-        box["r"] = await asyncio.gather(*[
-            send_file(SendOptions(wav, ("127.0.0.1", port), None, preset=preset,
-                                  realtime=True, jitter_ms=budget_ms)) for _ in range(n)])
-
-    run_loop(go())
-    return box["r"]
-
-
 def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
                    max_clients: int, out: Path) -> dict:
+    from stemlink.engine.card import load_card
     from stemlink.engine.presets import preset as preset_config
+
+    card = load_card(model)
 
     out.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -54,7 +41,7 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
         bench_audio(seconds, tmp / "bench.wav")
         for backend in backends:
             cfg = preset_config(preset, accelerated=backend != "cpu")
-            budget_ms = 1000.0 * cfg.hop_frames * 1024 / 44100
+            budget_ms = 1000.0 * cfg.hop_frames * card.hop / card.sample_rate
             port = procs.free_port()
             child = procs.stemlink_server(model, port, preset, backend,
                                           tmp / f"{backend}.json", max_sessions=max_clients)
@@ -62,7 +49,7 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
             try:
                 for n in range(1, max_clients + 1):
                     cpu0 = procs.cpu_seconds(child.proc.pid)
-                    reps = _step(tmp / "bench.wav", port, preset, n, budget_ms)
+                    reps = run_clients(tmp / "bench.wav", port, preset, n, budget_ms)
                     secs = max(r.seconds for r in reps)
                     missed = sum(r.late + r.lost for r in reps)
                     steps.append({

@@ -7,8 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from stemlink import audio as aio
 from stemlink.bench.machine import describe, machine
 from stemlink.bench.stats import markdown_table
@@ -26,8 +24,7 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
     try:
         card = engine.card
         x = aio.resample(aio.to_channels(x, card.channels), sr, card.sample_rate)
-        reps = max(1, int(np.ceil(seconds * card.sample_rate / x.shape[1])))
-        x = np.tile(x, (1, reps))[:, :int(seconds * card.sample_rate)]
+        x = aio.loop_to(x, int(seconds * card.sample_rate))
         infer_ms = []
         for _ in range(iterations):
             t = time.perf_counter()

@@ -32,35 +32,36 @@ def bench_audio(seconds: float, path: Path) -> tuple[np.ndarray, int]:
 
     x, sr = aio.read_audio(example_audio())
     n = int(seconds * sr)
-    x = np.tile(x, (1, -(-n // x.shape[1])))[:, :n]
+    x = aio.loop_to(x, n)
     aio.write_audio(path, x, sr, subtype="PCM_16")
     x, _ = aio.read_audio(path)  # exactly what both clients send
     return x, sr
 
 
-def run_stemlink(model: str, wav: Path, clients: int, preset: str, backend: str,
-                 tmp: Path) -> dict:
+def run_clients(wav: Path, port: int, preset: str, n: int, jitter_ms: float = 60.0) -> list:
+    """n real-time `send` clients at once against a stemlink server on loopback."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.sender import SendOptions, send_file
 
+    async def go():
+        return await asyncio.gather(*[
+            send_file(SendOptions(wav, ("127.0.0.1", port), None, preset=preset,
+                                  realtime=True, jitter_ms=jitter_ms)) for _ in range(n)])
+
+    return run_loop(go())
+
+
+def run_stemlink(model: str, wav: Path, clients: int, preset: str, backend: str,
+                 tmp: Path) -> dict:
     port = procs.free_port()
     child = procs.stemlink_server(model, port, preset, backend, tmp / "stemlink.json")
-    box = {}
-
-    async def go():
-        box["reps"] = await asyncio.gather(*[
-            send_file(SendOptions(wav, ("127.0.0.1", port), None, preset=preset,
-                                  realtime=True)) for _ in range(clients)])
-
     try:
-        run_loop(go())
+        reps = run_clients(wav, port, preset, clients)
         cpu = child.cpu_use()
     finally:
         stats = child.stop()
-    reps = box["reps"]
     lat = [v for r in reps for v in r.block_latency_ms]
     r0 = reps[0]
-    dgram = 52 + r0.block * 2 * 2  # header + s16 stereo block + tag
     secs = max(r.seconds for r in reps)
     comp = np.asarray(stats.get("compute_ns", []), np.float64) / 1e6
     return {
@@ -70,8 +71,8 @@ def run_stemlink(model: str, wav: Path, clients: int, preset: str, backend: str,
         "compute_ms": {"unit": "per 256-sample block (inference every H hops)",
                        **summarize(comp)},
         "server_cpu_cores": cpu,
-        "bytes_per_s_per_client": {"up": r0.sent * dgram / secs,
-                                   "down": r0.received * dgram / secs},
+        "bytes_per_s_per_client": {"up": r0.bytes_sent / secs,
+                                   "down": r0.bytes_received / secs},
         "lost_blocks": int(sum(r.lost for r in reps)),
         "late_blocks": int(sum(r.late for r in reps)),
         "rtt_ms": r0.rtt_ms,

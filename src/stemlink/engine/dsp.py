@@ -36,15 +36,21 @@ class WindowPair:
     support: int  # samples
 
 
-def window_pair(mode: str, n_fft: int, hop: int) -> WindowPair:
+def synthesis_support(mode: str, n_fft: int, hop: int) -> int:
+    """Samples at the end of a frame that its synthesis window covers."""
     if mode not in SYNTHESIS_MODES:
         raise ValueError(f"synthesis mode must be one of {SYNTHESIS_MODES}, not {mode!r}")
+    return n_fft if mode == "standard" else 2 * hop
+
+
+def window_pair(mode: str, n_fft: int, hop: int) -> WindowPair:
+    support = synthesis_support(mode, n_fft, hop)
     if mode == "standard":
         w = hann(n_fft)
         # Hann analysis and synthesis: sum over shifts of w^2 is constant (1.5 at hop n/4);
         # dividing the synthesis window by it makes analysis*synthesis overlap-add to 1.
         envelope = _overlap_add_sum(w * w, hop)
-        return WindowPair(mode, w.astype(np.float32), (w / envelope).astype(np.float32), n_fft)
+        return WindowPair(mode, w.astype(np.float32), (w / envelope).astype(np.float32), support)
     # Asymmetric pair after Mauler & Martin: analysis rises over n_fft - hop samples and
     # falls over the last hop; synthesis lives on the last 2*hop samples only, chosen so
     # that analysis * synthesis is a Hann of length 2*hop there, which overlap-adds to 1
@@ -61,7 +67,7 @@ def window_pair(mode: str, n_fft: int, hop: int) -> WindowPair:
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.where(ana[tail] > 0, product / ana[tail], 0.0)
     syn[tail] = s
-    return WindowPair(mode, ana.astype(np.float32), syn.astype(np.float32), 2 * hop)
+    return WindowPair(mode, ana.astype(np.float32), syn.astype(np.float32), support)
 
 
 def _overlap_add_sum(w: np.ndarray, hop: int) -> float:

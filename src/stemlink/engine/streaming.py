@@ -48,6 +48,13 @@ class Latency:
                 f"batching {self.batching} + look-ahead {self.lookahead} - 1)")
 
 
+def latency_of(card: ModelCard, config: StreamConfig) -> Latency:
+    """D of a configuration, without building a separator."""
+    m = card.hop
+    return Latency(dsp.synthesis_support(config.synthesis, card.n_fft, m),
+                   (config.hop_frames - 1) * m, config.lookahead * m, card.sample_rate)
+
+
 @dataclass
 class StreamStats:
     frames: int = 0
@@ -91,9 +98,8 @@ class StreamingSeparator:
         pair = dsp.window_pair(config.synthesis, n, m)
         self._ana_win = np.tile(pair.analysis, (c, 1))
         self._syn_win = np.tile(pair.synthesis, (s, c, 1))
-        self._pair = pair
         self._asym = config.synthesis != "standard"
-        self.latency = Latency(pair.support, (self._h - 1) * m, self._l * m, card.sample_rate)
+        self.latency = latency_of(card, config)
         # --- input: linear buffer of 2n samples; frame = the n samples before _pos.
         self._lin = np.zeros((c, 2 * n), np.float32)
         self._pos = n  # virtual zeros before the stream start fill the first frames

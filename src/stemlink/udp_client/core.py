@@ -46,7 +46,7 @@ class Rejected:
 @dataclass(frozen=True, slots=True)
 class StemBlock:
     header: pk.Header
-    data: bytes  # the whole datagram; decode with read_into()
+    data: bytes  # the whole datagram; decode with wire.packets.read_media()
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,6 @@ class Playout:
             import soxr
 
             self._rs = soxr.ResampleStream(model_rate, device_rate, channels, dtype="float32")
-        self.underflows = 0
 
     def push(self, stem: int, ts: int, block: np.ndarray) -> None:
         jb = self.buffers.get(stem)
@@ -62,7 +61,8 @@ class Playout:
         with self._lock:
             for i, jb in self.buffers.items():
                 jb.pop(self._tmp)
-                self._mix += self.gains[i] * self._tmp
+                np.multiply(self._tmp, self.gains[i], out=self._tmp)
+                self._mix += self._tmp
         return self._mix
 
     def fill(self, outdata: np.ndarray) -> None:
@@ -72,8 +72,7 @@ class Playout:
             blk = self._next_block()
             if self._rs is not None:
                 blk = self._rs.resample_chunk(blk.T).T
-            blk = aio.to_channels(blk, self.out_channels) if blk.shape[0] != \
-                self.out_channels else blk
+            blk = aio.to_channels(blk, self.out_channels)
             self._carry = np.concatenate([self._carry, blk], axis=1)
         outdata[:] = self._carry[:, :frames].T
         self._carry = self._carry[:, frames:]

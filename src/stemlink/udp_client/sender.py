@@ -13,10 +13,10 @@ import numpy as np
 
 from stemlink import audio as aio
 from stemlink.percentiles import summarize
-from stemlink.udp_client.core import ClientCore, Pong, ServerBye, StemBlock
+from stemlink.udp_client.core import ClientCore, Pong, StemBlock
 from stemlink.udp_client.transport import connect
 from stemlink.wire import packets as pk
-from stemlink.wire.constants import Flags, SampleFormat
+from stemlink.wire.constants import PRESET_NAMES, Flags, SampleFormat
 
 AFAP_WINDOW = 32  # blocks in flight when not pacing in real time
 
@@ -57,6 +57,8 @@ class SendReport:
     late: int
     duplicates: int
     concealed: int
+    bytes_sent: int  # datagrams' bytes (IP/UDP headers not included)
+    bytes_received: int
     rtt_ms: dict = field(default_factory=dict)
     latency_ms: dict = field(default_factory=dict)
     turnaround_ms: dict = field(default_factory=dict)
@@ -87,7 +89,6 @@ async def send_file(opts: SendOptions) -> SendReport:
                       fmt=opts.fmt, preset=opts.preset, hop_frames=opts.hop_frames,
                       lookahead=opts.lookahead, synthesis=opts.synthesis, psk=opts.psk,
                       first_seq=opts.first_seq)
-    # the HELLO says what we have; ACCEPT says what the server wants (rate, channels)
     state = _Receiver()
     proto, acc_ev = await connect(core, opts.server, state.on_event)
     acc = acc_ev.accept
@@ -136,10 +137,14 @@ async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, n
             state.send_ns[k] = time.monotonic_ns()
         now = time.monotonic()
         if now >= next_ping:
-            proto.send(core.ping(now))
+            ping = core.ping(now)
+            proto.send(ping)
+            state.bytes_sent += len(ping)
             next_ping = now + opts.ping_every_s
         flags = Flags.LAST if k == nblocks - 1 else 0
-        proto.send(core.audio(padded[:, k * b:(k + 1) * b], k * b, time.monotonic_ns(), flags))
+        audio = core.audio(padded[:, k * b:(k + 1) * b], k * b, time.monotonic_ns(), flags)
+        proto.send(audio)
+        state.bytes_sent += len(audio)
         state.sent += 1
     deadline = time.monotonic() + opts.drain_s
     while state.received < state.expected and time.monotonic() < deadline:
@@ -153,11 +158,10 @@ class _Receiver:
     def __init__(self) -> None:
         self.rtt_ns: list[int] = []
         self.sent = self.received = self.expected = 0
-        self.duplicates = self.concealed = 0
+        self.duplicates = self.concealed = self.bad = 0
+        self.bytes_sent = self.bytes_received = 0
         self.last_rx = 0.0
         self.seconds = 0.0
-        self.server_bye = None
-        self.bad = 0
 
     def setup(self, n_stems: int, channels: int, nblocks: int, b: int) -> None:
         self.b, self.nblocks = b, nblocks
@@ -176,6 +180,7 @@ class _Receiver:
 
     def on_event(self, ev) -> None:
         if isinstance(ev, StemBlock):
+            self.bytes_received += len(ev.data)
             h = ev.header
             k = h.timestamp // self.b if h.timestamp % self.b == 0 else -1
             if not (0 <= k < self.nblocks and h.frames == self.b and h.stem < self._n_stems):
@@ -193,8 +198,6 @@ class _Receiver:
                 self.concealed += 1
         elif isinstance(ev, Pong):
             self.rtt_ns.append(ev.rtt_ns)
-        elif isinstance(ev, ServerBye):
-            self.server_bye = ev.reason
 
     def report(self, acc, files, n, d, b, core, opts) -> SendReport:
         arrival = self.arrival_ns
@@ -208,23 +211,21 @@ class _Receiver:
             done = arrival[:, k1:k2 + 1]
             lat.append(float(np.max(done) - self.send_ns[k]) / 1e6
                        if not np.isnan(done).any() else float("nan"))
-        rep = SendReport(
+        dropped = {k: v for k, v in core.counters.items() if k.startswith("drop")}
+        if self.bad:
+            dropped["drop_bad-stem-block"] = self.bad
+        return SendReport(
             files=files, model=acc.model, stems=list(acc.stems),
-            preset=_preset_name(acc.preset), delay=d, sample_rate=acc.sample_rate, block=b,
+            preset=PRESET_NAMES.get(acc.preset, "custom"), delay=d,
+            sample_rate=acc.sample_rate, block=b,
             seconds=self.seconds, sent=self.sent, received=self.received,
             expected=self.expected, lost=self.expected - self.received, late=late,
             duplicates=self.duplicates, concealed=self.concealed,
+            bytes_sent=self.bytes_sent, bytes_received=self.bytes_received,
             rtt_ms=summarize([r / 1e6 for r in self.rtt_ns]), latency_ms=summarize(lat),
             turnaround_ms=summarize(turnaround.ravel()), block_latency_ms=lat,
-            dropped={k: v for k, v in core.counters.items() if k.startswith("drop")},
+            dropped=dropped,
         )
-        return rep
-
-
-def _preset_name(code: int) -> str:
-    from stemlink.wire.constants import PRESET_NAMES
-
-    return PRESET_NAMES.get(code, "custom")
 
 
 def save_stats(rep: SendReport, path: str | Path) -> None:

@@ -7,9 +7,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from stemlink.sockets import udp_socket
 from stemlink.udp_client.core import Accepted, ClientCore, ClientError, Rejected
-
-RCVBUF = 8 << 20
 
 
 class ClientProtocol(asyncio.DatagramProtocol):
@@ -58,17 +57,11 @@ async def connect(core: ClientCore, server: tuple[str, int],
                   on_event: Callable[[object], None]) -> tuple[ClientProtocol, Accepted]:
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(server[0], server[1], type=socket.SOCK_DGRAM)
-    except OSError as e:
+        sock = udp_socket(server[0], server[1], bind=False)
+    except socket.gaierror as e:
         raise ClientError(f"cannot resolve {server[0]}: {e.strerror or e}") from None
-    family, _, _, _, sockaddr = infos[0]
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-    except OSError:
-        pass
-    sock.connect(sockaddr)
-    sock.setblocking(False)
+    except OSError as e:
+        raise ClientError(f"cannot reach {server[0]}:{server[1]}: {e.strerror or e}") from None
     _, proto = await loop.create_datagram_endpoint(lambda: ClientProtocol(core, on_event),
                                                    sock=sock)
     proto.accepted = loop.create_future()

@@ -7,6 +7,7 @@ cookie, the server sends it no more bytes than it received (COOKIE <= HELLO).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -80,8 +81,8 @@ class Session:
     queued: int = 0
     taken: int = 0
     worker_pos: int = 0  # samples the separator has consumed (worker thread only)
-    writer: Any = None  # MediaWriter, created and used by the worker thread
-    zero_block: Any = None  # silence used to conceal gaps (worker thread)
+    writer: pk.MediaWriter | None = None  # STEM encoder, used by the worker thread only
+    zero_block: np.ndarray | None = None  # silence that conceals gaps (worker thread)
     closed: bool = False
     counters: Counter = field(default_factory=Counter)
 
@@ -162,8 +163,7 @@ class ServerCore:
         self.recent_ends.append((s.id, why))
         # free the per-session buffers now; the worker skips closed sessions
         s.ring = None
-        s.setup = StreamSetup(None, s.setup.preset, s.setup.hop_frames, s.setup.lookahead,
-                              s.setup.synthesis, s.setup.delay)
+        s.setup = dataclasses.replace(s.setup, separator=None)
 
     def shutdown(self, now: float) -> None:
         for s in list(self.sessions.values()):
@@ -260,7 +260,10 @@ class ServerCore:
                            pk.encode_accept(accept), self.hkey)
         s = Session(sid, addr, key, hello.nonce, snonce, hello.block_frames, self.channels,
                     SampleFormat(hello.format), setup, packet, now, now)
+        # everything the session's hot path touches is allocated here, once
         s.ring = np.zeros((RING_BLOCKS, self.channels, hello.block_frames), np.float32)
+        s.writer = pk.MediaWriter(hello.block_frames, self.channels, hello.format)
+        s.zero_block = np.zeros((self.channels, hello.block_frames), np.float32)
         s.stem_seq = [0] * len(self.stems)
         self.sessions[sid] = s
         self.by_nonce[(addr, hello.nonce)] = s
@@ -286,9 +289,7 @@ class ServerCore:
         if not pk.check_tag(data, s.key):
             return self._drop("bad-tag")
         if h.type is PacketType.AUDIO and not s.replay.check_and_mark(h.seq):
-            s.counters["replay"] += 1
-            s.counters["dropped"] += 1
-            return self._drop("replay")
+            return self._drop_session(s, "replay", "replay")
         s.last_rx = now
         if h.type is PacketType.PING:
             self._send_session(s, PacketType.PONG, pk.encode_pong(h.send_time), now)
@@ -300,23 +301,16 @@ class ServerCore:
 
     def _on_audio(self, s: Session, h: pk.Header, data: bytes) -> None:
         if h.frames != s.block or h.channels != s.channels or h.format != s.format:
-            s.counters["dropped"] += 1
-            return self._drop("media-mismatch")
+            return self._drop_session(s, "media-mismatch")
         if h.timestamp % s.block:
-            s.counters["dropped"] += 1
-            return self._drop("misaligned-timestamp")
+            return self._drop_session(s, "misaligned-timestamp")
         if h.timestamp < s.next_ts:
-            s.counters["late"] += 1
-            s.counters["dropped"] += 1
-            return self._drop("late")
+            return self._drop_session(s, "late", "late")
         if h.timestamp - s.next_ts > MAX_GAP_S * self.sample_rate:
-            s.counters["dropped"] += 1
-            return self._drop("timestamp-jump")
+            return self._drop_session(s, "timestamp-jump")
         if s.queued - s.taken >= MAX_PENDING:  # the worker is behind: drop, the worker conceals
-            s.counters["overload"] += 1
-            s.counters["dropped"] += 1
             s.next_ts = h.timestamp + h.frames
-            return self._drop("overload")
+            return self._drop_session(s, "overload", "overload")
         slot = s.ring_pos
         s.ring_pos = (slot + 1) % RING_BLOCKS
         pk.read_media(data, h, s.ring[slot])
@@ -333,6 +327,13 @@ class ServerCore:
     def _drop(self, reason: str) -> None:
         self.counters["dropped"] += 1
         self.counters[f"drop_{reason}"] += 1
+
+    def _drop_session(self, s: Session, reason: str, counter: str | None = None) -> None:
+        """Drop a packet of a known session: counted globally and, for its log line, on it."""
+        s.counters["dropped"] += 1
+        if counter:
+            s.counters[counter] += 1
+        self._drop(reason)
 
 
 def _addr_bytes(addr: Addr) -> bytes:

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from stemlink.engine.session import Engine, open_engine
+from stemlink.engine.streaming import latency_of
 from stemlink.loop import run_loop
+from stemlink.sockets import udp_socket
 from stemlink.udp_server.core import ServerCore, StreamSetup
 from stemlink.udp_server.worker import Worker
 from stemlink.wire.constants import SYNTHESIS_NAMES
 
 log = logging.getLogger("stemlink.server")
-RCVBUF = 8 << 20  # the default (~200 KiB) holds only a few hundred small datagrams
 EXPIRE_EVERY_S = 0.5
 
 
@@ -83,20 +84,6 @@ class ServerProtocol(asyncio.DatagramProtocol):
         self.send_errors += 1
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    family, _, _, _, sockaddr = infos[0]
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, RCVBUF)
-        except OSError:
-            pass
-    sock.bind(sockaddr)
-    sock.setblocking(False)
-    return sock
-
-
 class Server:
     """A running server: engine, core, worker, socket. `run()` until `stop()`."""
 
@@ -108,7 +95,7 @@ class Server:
             card_stems=card.stems, model_name=card.name, sample_rate=card.sample_rate,
             channels=card.channels, make_stream=make_stream_factory(self.engine, opts.preset),
             psk=opts.psk, max_sessions=opts.max_sessions, idle_timeout=opts.idle_timeout)
-        self.sock = bind_socket(opts.host, opts.port)
+        self.sock = udp_socket(opts.host, opts.port, bind=True)
         self.address = self.sock.getsockname()
         self.protocol: ServerProtocol | None = None
         self.worker: Worker | None = None
@@ -117,12 +104,12 @@ class Server:
 
     def describe(self) -> str:
         cfg = self.engine.config(self.opts.preset)
-        sep = self.engine.separator(cfg)
+        delay = latency_of(self.engine.card, cfg).describe()
         rcv = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         return (f"stemlink serving {self.engine.card.name} on {self.address[0]}:"
                 f"{self.address[1]} ({self.engine.backend.name}); default preset "
                 f"{self.opts.preset}: H={cfg.hop_frames} L={cfg.lookahead} {cfg.synthesis}, "
-                f"{sep.latency.describe()}; max {self.opts.max_sessions} sessions, idle "
+                f"{delay}; max {self.opts.max_sessions} sessions, idle "
                 f"timeout {self.opts.idle_timeout:g} s, SO_RCVBUF {rcv} bytes")
 
     async def run(self, install_signals: bool = False) -> None:

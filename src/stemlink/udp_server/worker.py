@@ -18,7 +18,6 @@ import numpy as np
 
 from stemlink.udp_server.core import Addr, Job, Session
 from stemlink.wire.constants import Flags, PacketType
-from stemlink.wire.packets import MediaWriter
 
 log = logging.getLogger("stemlink.server")
 Send = Callable[[list[bytes], Addr], None]
@@ -68,9 +67,6 @@ class Worker:
         ring, sep = s.ring, s.setup.separator
         if ring is None or sep is None:
             return
-        if s.writer is None:
-            s.writer = MediaWriter(s.block, s.channels, s.format)
-            s.zero_block = np.zeros((s.channels, s.block), np.float32)
         while s.worker_pos < job.timestamp:  # conceal missing input with silence
             self._emit(s, sep.process(s.zero_block), s.worker_pos, Flags.CONCEALED,
                        job.sent_ns)
