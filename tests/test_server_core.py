@@ -12,10 +12,10 @@ ADDR = ("127.0.0.1", 40000)
 
 
 def make_server(**kw):
-    def make_stream(preset, hop, look, syn):
-        if hop == 99:
+    def make_stream(req):
+        if req.hop_frames == 99:
             raise ValueError("H + L exceeds the window")
-        return StreamSetup(object(), preset or "monitor", 2, 0, "standard", 5119)
+        return StreamSetup(object(), req.preset or "monitor", 2, 0, "standard", 5119)
 
     return ServerCore(card_stems=["vocals", "accompaniment"], model_name="m",
                       sample_rate=44100, channels=2, make_stream=make_stream, **kw)
@@ -147,7 +147,7 @@ def test_worker_conceals_gaps_and_keeps_the_timeline(engine):
     from stemlink.udp_server.worker import Worker
     from stemlink.wire.constants import Flags
 
-    def make_stream(p, hop, look, syn):
+    def make_stream(req):
         sep = engine.separator(preset("monitor"))
         return StreamSetup(sep, "monitor", 2, 0, "standard", sep.delay)
 

@@ -31,6 +31,7 @@ from stemlink.wire.constants import (
     SYNTHESIS_NAMES,
     ByeReason,
     ErrorCode,
+    Features,
     PacketType,
     SampleFormat,
 )
@@ -46,6 +47,28 @@ MAX_PENDING = 48  # per-session queue bound (< RING_BLOCKS): beyond it blocks ar
 
 
 @dataclass(frozen=True)
+class StreamRequest:
+    """What a client asked for in HELLO; None = the server's (preset's) choice."""
+
+    preset: str | None = None
+    hop_frames: int | None = None  # H
+    lookahead: int | None = None  # L
+    synthesis: str | None = None  # "standard" | "asymmetric"
+    synthesis_hop: int | None = None  # m, samples
+    mask_hold: int | None = None  # k, synthesis hops per inference
+
+    @classmethod
+    def from_hello(cls, hello: pk.Hello) -> StreamRequest:
+        return cls(
+            PRESET_NAMES.get(hello.preset),
+            None if hello.hop_frames == pk.DEFAULT else hello.hop_frames,
+            None if hello.lookahead == pk.DEFAULT else hello.lookahead,
+            SYNTHESIS_NAMES.get(hello.synthesis) if hello.synthesis != pk.DEFAULT else None,
+            hello.synthesis_hop or None,
+            hello.mask_hold or None)
+
+
+@dataclass(frozen=True)
 class StreamSetup:
     """What the separator factory returns for a session: its object and its numbers."""
 
@@ -55,6 +78,8 @@ class StreamSetup:
     lookahead: int
     synthesis: str
     delay: int
+    synthesis_hop: int = 0  # m in samples (0: the model's hop)
+    mask_hold: int = 1  # k
 
 
 @dataclass
@@ -98,7 +123,7 @@ class Job:
 
 class ServerCore:
     def __init__(self, *, card_stems: list[str], model_name: str, sample_rate: int,
-                 channels: int, make_stream: Callable[[str | None, int, int, int], StreamSetup],
+                 channels: int, make_stream: Callable[[StreamRequest], StreamSetup],
                  psk: bytes = b"", max_sessions: int = 8, idle_timeout: float = 10.0,
                  secret: bytes | None = None) -> None:
         self.stems = list(card_stems)
@@ -111,6 +136,7 @@ class ServerCore:
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self.secret = secret or secrets.token_bytes(32)
+        self.features = int(Features.NONE)  # optional features this server grants
         self.sessions: dict[int, Session] = {}
         self.by_nonce: dict[tuple[Addr, bytes], Session] = {}
         self.counters: Counter = Counter()
@@ -216,13 +242,8 @@ class ServerCore:
         if len(self.sessions) >= self.max_sessions:
             return self._error(addr, h, ErrorCode.SERVER_FULL,
                                f"server full ({self.max_sessions} sessions)")
-        preset = PRESET_NAMES.get(hello.preset)
         try:
-            setup = self.make_stream(
-                preset,
-                hello.hop_frames if hello.hop_frames != pk.DEFAULT else -1,
-                hello.lookahead if hello.lookahead != pk.DEFAULT else -1,
-                hello.synthesis if hello.synthesis != pk.DEFAULT else -1)
+            setup = self.make_stream(StreamRequest.from_hello(hello))
         except Exception as e:  # the engine refused the configuration
             return self._error(addr, h, ErrorCode.BAD_REQUEST, str(e)[:150])
         self._open(hello, setup, addr, h, now)
@@ -255,7 +276,9 @@ class ServerCore:
         accept = pk.Accept(self.sample_rate, hello.block_frames, self.channels, hello.format,
                            PRESET_CODES.get(setup.preset, 0), setup.hop_frames,
                            setup.lookahead, SYNTHESIS_CODES[setup.synthesis], setup.delay,
-                           snonce, self.model_name, tuple(self.stems))
+                           setup.synthesis_hop, setup.mask_hold,
+                           hello.features & self.features, snonce, self.model_name,
+                           tuple(self.stems))
         packet = pk.encode(pk.Header(PacketType.ACCEPT, 0, sid, 0, 0, h.send_time),
                            pk.encode_accept(accept), self.hkey)
         s = Session(sid, addr, key, hello.nonce, snonce, hello.block_frames, self.channels,

@@ -19,9 +19,8 @@ from stemlink.engine.session import Engine, open_engine
 from stemlink.engine.streaming import latency_of
 from stemlink.loop import run_loop
 from stemlink.sockets import udp_socket
-from stemlink.udp_server.core import ServerCore, StreamSetup
+from stemlink.udp_server.core import ServerCore, StreamRequest, StreamSetup
 from stemlink.udp_server.worker import Worker
-from stemlink.wire.constants import SYNTHESIS_NAMES
 
 log = logging.getLogger("stemlink.server")
 EXPIRE_EVERY_S = 0.5
@@ -41,12 +40,12 @@ class ServeOptions:
 
 
 def make_stream_factory(engine: Engine, default_preset: str):
-    def make(preset: str | None, hop: int, look: int, syn: int) -> StreamSetup:
-        name = preset or default_preset
-        cfg = engine.config(name, hop if hop >= 0 else None, look if look >= 0 else None,
-                            SYNTHESIS_NAMES.get(syn) if syn >= 0 else None)
+    def make(req: StreamRequest) -> StreamSetup:
+        name = req.preset or default_preset
+        cfg = engine.config(name, req.hop_frames, req.lookahead, req.synthesis)
         sep = engine.separator(cfg)
-        return StreamSetup(sep, name, cfg.hop_frames, cfg.lookahead, cfg.synthesis, sep.delay)
+        return StreamSetup(sep, name, cfg.hop_frames, cfg.lookahead, cfg.synthesis, sep.delay,
+                           engine.card.hop, 1)
 
     return make
 

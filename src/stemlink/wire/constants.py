@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import IntEnum, IntFlag
 
 MAGIC = 0x534C  # "SL"
-VERSION = 1
+VERSION = 2  # v2: HELLO/ACCEPT carry synthesis hop, mask hold and feature bits
 HEADER_SIZE = 36
 TAG_SIZE = 16
 MAX_PAYLOAD = 1024  # keeps every datagram under 1200 bytes: no IP fragmentation on Wi-Fi
@@ -35,6 +35,17 @@ class Flags(IntFlag):
     CONCEALED = 1  # samples in this block were (partly) concealed, not measured
     REDUNDANT = 2  # the payload also carries the previous block (reserved in v1)
     LAST = 4  # the sender's final block of the stream
+
+
+class Features(IntFlag):
+    """Optional features a client asks for in HELLO; ACCEPT echoes the ones granted."""
+
+    NONE = 0
+    REDUNDANCY = 1  # media packets also carry redundant data to repair single losses
+    ENCRYPT = 2  # AEAD on every session payload
+
+
+KNOWN_FEATURES = int(Features.REDUNDANCY | Features.ENCRYPT)
 
 
 class SampleFormat(IntEnum):
