@@ -36,7 +36,7 @@ def test_header_layout_is_exact():
 
 def _packets():
     hello = pk.Hello(bytes(range(16)), 44100, 256, 2, 1, 2)
-    acc = pk.Accept(44100, 256, 2, 1, 2, 2, 0, 0, 5119, 1024, 1, 0, bytes(16),
+    acc = pk.Accept(44100, 256, 2, 1, 2, 2, 0, 0, 5119, 1024, 1, 0, 12, bytes(16),
                     "spleeter-2stems", ("vocals", "accompaniment"))
     return [
         (pk.Header(PacketType.HELLO, 0, 0, 0, 0, 7), pk.encode_hello(hello)),
@@ -72,14 +72,14 @@ def test_round_trip_and_truncated_twin(h, body):
 
 
 def test_payload_decoders_round_trip():
-    acc = pk.Accept(48000, 128, 1, 2, 4, 4, 8, 1, 12345, 512, 2, 1, bytes(range(16)), "m",
+    acc = pk.Accept(48000, 128, 1, 2, 4, 4, 8, 1, 12345, 512, 2, 1, 20, bytes(range(16)), "m",
                     ("a", "b", "c", "d"))
     assert pk.decode_accept(pk.encode_accept(acc)) == acc
     with pytest.raises(pk.WireError):
         pk.decode_accept(pk.encode_accept(acc) + b"x")
     with pytest.raises(pk.WireError):
         pk.decode_accept(pk.encode_accept(acc)[:-1])
-    hello = pk.Hello(bytes(16), 44100, 64, 1, 2, 0, 1, 2, 1, 256, 4, 1, bytes(range(32)))
+    hello = pk.Hello(bytes(16), 44100, 64, 1, 2, 0, 1, 2, 1, 256, 4, 1, 80, bytes(range(32)))
     assert pk.decode_hello(pk.encode_hello(hello)) == hello
     with pytest.raises(pk.WireError):
         pk.decode_hello(pk.encode_hello(hello)[:-1])

@@ -67,7 +67,8 @@ class ClientCore:
                  fmt: SampleFormat = SampleFormat.S16LE, preset: str | None = None,
                  hop_frames: int | None = None, lookahead: int | None = None,
                  synthesis: str | None = None, synthesis_hop: int | None = None,
-                 mask_hold: int | None = None, features: int = 0, psk: bytes = b"",
+                 mask_hold: int | None = None, features: int = 0, playout_ms: int = 0,
+                 psk: bytes = b"",
                  first_seq: int = 0) -> None:
         self.sample_rate, self.channels, self.block, self.format = (
             sample_rate, channels, block, SampleFormat(fmt))
@@ -78,6 +79,7 @@ class ClientCore:
         self.synthesis_hop = synthesis_hop or 0  # 0 = the server's choice
         self.mask_hold = mask_hold or 0
         self.features = features
+        self.playout_ms = playout_ms  # 0 = server default, pk.ARCHIVAL = no deadline
         self.psk = psk
         self.hkey = handshake_key(psk)
         self.nonce = os.urandom(16)
@@ -98,7 +100,7 @@ class ClientCore:
         self._last_hello = now
         hello = pk.Hello(self.nonce, self.sample_rate, self.block, self.channels, self.format,
                          self.preset_code, self.hop, self.look, self.syn, self.synthesis_hop,
-                         self.mask_hold, self.features, self._cookie)
+                         self.mask_hold, self.features, self.playout_ms, self._cookie)
         return pk.encode(pk.Header(PacketType.HELLO, 0, 0, 0, 0, int(now * 1e9)),
                          pk.encode_hello(hello), self.hkey)
 

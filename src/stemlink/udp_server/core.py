@@ -137,6 +137,7 @@ class ServerCore:
         self.idle_timeout = idle_timeout
         self.secret = secret or secrets.token_bytes(32)
         self.features = int(Features.NONE)  # optional features this server grants
+        self.reorder_ms = 0  # input reorder window (ms), stated in ACCEPT
         self.sessions: dict[int, Session] = {}
         self.by_nonce: dict[tuple[Addr, bytes], Session] = {}
         self.counters: Counter = Counter()
@@ -277,7 +278,8 @@ class ServerCore:
                            PRESET_CODES.get(setup.preset, 0), setup.hop_frames,
                            setup.lookahead, SYNTHESIS_CODES[setup.synthesis], setup.delay,
                            setup.synthesis_hop, setup.mask_hold,
-                           hello.features & self.features, snonce, self.model_name,
+                           hello.features & self.features, self.reorder_ms, snonce,
+                           self.model_name,
                            tuple(self.stems))
         packet = pk.encode(pk.Header(PacketType.ACCEPT, 0, sid, 0, 0, h.send_time),
                            pk.encode_accept(accept), self.hkey)

@@ -44,14 +44,15 @@ class WireError(StemlinkError):
 
 _HEADER = struct.Struct(">HBBBBBBIIQQHH")
 assert _HEADER.size == HEADER_SIZE
-_HELLO = struct.Struct(f">{NONCE_SIZE}sIHBBBBBBHBB{COOKIE_SIZE}s")
-_ACCEPT = struct.Struct(f">IHBBBBBBBIHBB{NONCE_SIZE}s")
+_HELLO = struct.Struct(f">{NONCE_SIZE}sIHBBBBBBHBBH{COOKIE_SIZE}s")
+_ACCEPT = struct.Struct(f">IHBBBBBBBIHBBH{NONCE_SIZE}s")
 _PONG = struct.Struct(">Q")
 _BYE = struct.Struct(">B")
 _ERROR = struct.Struct(">HB")
 _KNOWN_FLAGS = int(Flags.CONCEALED | Flags.REDUNDANT | Flags.LAST)
 _MEDIA = (PacketType.AUDIO, PacketType.STEM)
 DEFAULT = 255  # "server's choice" for the optional u8 fields of HELLO
+ARCHIVAL = 0xFFFF  # HELLO playout_ms: every block is wanted, however late (file transfer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,7 @@ class Hello:
     synthesis_hop: int = 0  # samples between synthesis frames (m), 0 = preset's
     mask_hold: int = 0  # synthesis hops one mask is applied for (k), 0 = preset's
     features: int = 0  # Features the client asks for
+    playout_ms: int = 0  # client's playout budget: 0 = server default, ARCHIVAL = no deadline
     cookie: bytes = bytes(COOKIE_SIZE)
 
 
@@ -100,6 +102,7 @@ class Accept:
     synthesis_hop: int  # m, samples
     mask_hold: int  # k, synthesis hops per inference
     features: int  # Features granted
+    reorder_ms: int  # the server's input reorder window: delay it may add, part of the budget
     server_nonce: bytes
     model: str
     stems: tuple[str, ...]
@@ -180,7 +183,7 @@ def encode_hello(m: Hello) -> bytes:
         raise WireError("bad-hello", "nonce or cookie size")
     return _HELLO.pack(m.nonce, m.sample_rate, m.block_frames, m.channels, m.format, m.preset,
                        m.hop_frames, m.lookahead, m.synthesis, m.synthesis_hop, m.mask_hold,
-                       m.features, m.cookie)
+                       m.features, m.playout_ms, m.cookie)
 
 
 def decode_hello(p: memoryview | bytes) -> Hello:
@@ -204,7 +207,8 @@ def encode_accept(m: Accept) -> bytes:
         raise WireError("bad-accept", "stem count")
     head = _ACCEPT.pack(m.sample_rate, m.block_frames, m.channels, m.format, len(m.stems),
                         m.preset, m.hop_frames, m.lookahead, m.synthesis, m.delay,
-                        m.synthesis_hop, m.mask_hold, m.features, m.server_nonce)
+                        m.synthesis_hop, m.mask_hold, m.features, m.reorder_ms,
+                        m.server_nonce)
     return head + _name(m.model) + b"".join(_name(s) for s in m.stems)
 
 
@@ -212,7 +216,7 @@ def decode_accept(p: memoryview | bytes) -> Accept:
     p = bytes(p)
     if len(p) < _ACCEPT.size:
         raise WireError("bad-accept", "truncated")
-    (sr, block, ch, fmt, n_stems, preset, hop, look, syn, delay, m, k, features,
+    (sr, block, ch, fmt, n_stems, preset, hop, look, syn, delay, m, k, features, reorder_ms,
      nonce) = _ACCEPT.unpack_from(p, 0)
     if not 1 <= n_stems <= MAX_STEMS:
         raise WireError("bad-accept", "stem count")
@@ -232,8 +236,8 @@ def decode_accept(p: memoryview | bytes) -> Accept:
         raise WireError("bad-accept", "trailing bytes")
     if features & ~KNOWN_FEATURES:
         raise WireError("bad-accept", "unknown feature bits")
-    return Accept(sr, block, ch, fmt, preset, hop, look, syn, delay, m, k, features, nonce,
-                  names[0], tuple(names[1:]))
+    return Accept(sr, block, ch, fmt, preset, hop, look, syn, delay, m, k, features,
+                  reorder_ms, nonce, names[0], tuple(names[1:]))
 
 
 def encode_pong(echo_ns: int) -> bytes:
