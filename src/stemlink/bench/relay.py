@@ -636,10 +636,20 @@ class Relay:
         self._thread.join(10)
 
 
+def stats_json(config: RelayConfig, stats: dict[str, DirectionStats]) -> dict:
+    return {"config": {"profile": config.profile, "seed": config.seed,
+                       "up": asdict(config.up), "down": asdict(config.down),
+                       "outages": [asdict(o) for o in config.outages],
+                       "describe": config.describe()},
+            **{d: s.as_dict() for d, s in stats.items()}}
+
+
 def run_relay(config: RelayConfig, listen: tuple[str, int], to: tuple[str, int],
-              log_path: str | None, seconds: float | None,
-              say: Callable[[str], None]) -> UdpRelay:
+              log_path: str | None, seconds: float | None, say: Callable[[str], None],
+              stats_path: str | None = None) -> UdpRelay:
     """The `stemlink relay` command: run until SIGINT/SIGTERM (or `seconds`)."""
+    import json
+
     from stemlink.loop import run_loop
 
     relay = UdpRelay(config, listen, to, log_path)
@@ -649,4 +659,6 @@ def run_relay(config: RelayConfig, listen: tuple[str, int], to: tuple[str, int],
         run_loop(relay.run(install_signals=True, seconds=seconds))
     finally:
         say(relay.summary())
+        if stats_path:
+            Path(stats_path).write_text(json.dumps(stats_json(config, relay.stats)) + "\n")
     return relay
