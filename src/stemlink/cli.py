@@ -163,19 +163,22 @@ def bench_fidelity_cmd(model, audio, json_path) -> None:
               help="Also measure the blueprint's WebSocket design.")
 @click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(2, 3600))
 @click.option("--clients", default=1, show_default=True, type=click.IntRange(1, 64))
-@click.option("--profile", type=click.Choice(["wired", "wifi"]), default=None,
-              help="Network impairment profile (needs the impairment relay).")
+@click.option("--profile", type=click.Choice(["wired", "wifi", "stress"]), default=None,
+              help="Run both systems through `stemlink relay` with this profile (UDP for "
+                   "stemlink, its TCP mode for the WebSocket baseline).")
+@click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Relay seed (with --profile).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
 @_backend_option
 @click.option("--out", "out_dir", default="out/bench-latency", show_default=True,
               type=click.Path(file_okay=False))
-def bench_latency_cmd(model, against, seconds, clients, profile, preset, backend,
+def bench_latency_cmd(model, against, seconds, clients, profile, seed, preset, backend,
                       out_dir) -> None:
     """End-to-end latency (client clock), compute, CPU and bytes: stemlink vs baseline."""
     from stemlink.bench.latency import PNG, bench_latency, render
 
     r = bench_latency(model, against, seconds, clients, profile, preset, backend,
-                      Path(out_dir))
+                      Path(out_dir), seed)
     click.echo(render(r))
     click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
 
@@ -388,8 +391,17 @@ def _relay_config(profile, loss, burst, jitter_ms, delay_ms, reorder, duplicate,
               help="Stop after this long (default: until SIGINT/SIGTERM).")
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False),
               help="Write the summary as JSON at exit (used by benchmarks).")
+@click.option("--tcp", is_flag=True,
+              help="Relay TCP connections instead (for the WebSocket baseline): the same "
+                   "link per MSS-sized segment; a lost segment is retransmitted (fast "
+                   "retransmit / tail-loss probe, or the >= 200 ms RTO) and everything "
+                   "behind it waits. Reorder and duplicate do not apply.")
+@click.option("--tcp-recovery", type=click.Choice(["linux", "rto"]), default="linux",
+              show_default=True,
+              help="linux: fast retransmit after 3 later segments or a tail-loss probe, the "
+                   "RTO for lost retransmissions; rto: every loss waits for the RTO.")
 def relay(listen, to, profile, loss, burst, jitter_ms, delay_ms, reorder, duplicate, outage,
-          seed, log_path, seconds, stats_path) -> None:
+          seed, log_path, seconds, stats_path, tcp, tcp_recovery) -> None:
     """Seeded impairment relay for UDP (loss in Gilbert-Elliott bursts, jitter,
     reordering, duplication, dropouts) between clients and a server.
 
@@ -403,7 +415,8 @@ def relay(listen, to, profile, loss, burst, jitter_ms, delay_ms, reorder, duplic
     cfg = _relay_config(profile, loss, burst, jitter_ms, delay_ms, reorder, duplicate,
                         outage, seed)
     run_relay(cfg, parse_host_port(listen, "--listen"), parse_host_port(to, "--to"),
-              log_path, seconds, lambda s: click.echo(s, err=True), stats_path)
+              log_path, seconds, lambda s: click.echo(s, err=True), stats_path, tcp,
+              tcp_recovery)
 
 
 @bench.command("network")

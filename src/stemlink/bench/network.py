@@ -34,7 +34,6 @@ from stemlink.percentiles import summarize
 
 RECOVERY_S = 2.0  # dropout runs: SDR is also measured from this long after the dropout
 PNG = "network.png"
-RELAY_READY = "stemlink relay listening"
 # send options the harness sets itself
 RESERVED_SEND_OPTS = {"input", "server", "out_dir", "realtime"}
 
@@ -146,13 +145,8 @@ def run_one(spec: RunSpec, model: str, wav: Path, clients: int, preset: str, bac
     try:
         addrs = [("127.0.0.1", port)] * clients
         if spec.relay_args is not None:
-            rport = procs.free_port()
-            args = ["relay", "--listen", f"127.0.0.1:{rport}", "--to", f"127.0.0.1:{port}",
-                    *spec.relay_args]
-            relay_cmd = "stemlink " + shlex.join(args)
-            relay = procs.Child(["-m", "stemlink", *args, "--stats",
-                                 str(tmp / f"relay{index}.json")], RELAY_READY,
-                                tmp / f"relay{index}.json")
+            relay, rport, relay_cmd = procs.stemlink_relay(port, spec.relay_args,
+                                                           tmp / f"relay{index}.json")
             addrs[0] = ("127.0.0.1", rport)
         dirs = [tmp / f"run{index}" / f"client{c}" for c in range(clients)]
         reps = _run_clients(wav, addrs, dirs, preset, send_opts)
