@@ -464,8 +464,11 @@ def bench_network_cmd(model, backend, audio, seconds, profiles, specs, losses, b
         except click.exceptions.ClickException as e:
             raise StemlinkError(f"--relay {sp!r}: {e.format_message()}") from None
         p = ctx.params
-        _relay_config(p["profile"], p["loss"], p["burst"], p["jitter_ms"], p["delay_ms"],
-                      p["reorder"], p["duplicate"], p["outage"], p["seed"])
+        try:
+            _relay_config(p["profile"], p["loss"], p["burst"], p["jitter_ms"], p["delay_ms"],
+                          p["reorder"], p["duplicate"], p["outage"], p["seed"])
+        except StemlinkError as e:
+            raise StemlinkError(f"--relay {sp!r}: {e}") from None
     if not (profiles or specs or losses or outages):
         raise StemlinkError("nothing to compare with the reference: give --profile, "
                             "--relay, --loss or --outage")

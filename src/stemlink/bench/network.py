@@ -181,6 +181,15 @@ def _client(rep, index: int, impaired: bool) -> dict:
             "stems": rep.stems}
 
 
+def _sdr_or_none(want: np.ndarray, est: np.ndarray) -> float | None:
+    """SDR, or None where the reference is silent (nothing to compare with: the reference
+    run itself lost those blocks) or the two are identical."""
+    if not np.any(want):
+        return None
+    v = sdr(want, est)
+    return v if np.isfinite(v) else None
+
+
 def _add_sdr(run: dict, ref: dict, sr: int) -> None:
     import soundfile as sf
 
@@ -192,10 +201,10 @@ def _add_sdr(run: dict, ref: dict, sr: int) -> None:
         for stem in cl["stems"]:
             est, _ = sf.read(Path(d) / f"{stem}.wav", dtype="float32", always_2d=True)
             want, _ = sf.read(Path(rd) / f"{stem}.wav", dtype="float32", always_2d=True)
-            full[stem] = sdr(want, est)
+            full[stem] = _sdr_or_none(want, est)
             if run["sdr_from_s"] is not None:
                 k = int(run["sdr_from_s"] * sr)
-                tail[stem] = sdr(want[k:], est[k:])
+                tail[stem] = _sdr_or_none(want[k:], est[k:])
         cl["sdr_db"] = full
         cl["sdr_from_db"] = tail or None
         run["clients"][c] = cl
@@ -242,7 +251,7 @@ def bench_network(model: str, audio: str | None, seconds: float | None, profiles
 
 
 def _fmt_sdr(d: dict | None, stems: list[str]) -> str:
-    return " / ".join(f"{d[s]:.1f}" for s in stems) if d else "–"
+    return " / ".join("n/a" if d[s] is None else f"{d[s]:.1f}" for s in stems) if d else "–"
 
 
 def render(result: dict) -> str:
@@ -306,9 +315,9 @@ def plot(result: dict, path: Path) -> None:
     y = np.arange(len(runs))
     h = 0.8 / (2 * len(stems))
     for j, stem in enumerate(stems):
-        full = [min(r["clients"][0]["sdr_db"][stem], 80) for r in runs]
+        full = [min(r["clients"][0]["sdr_db"][stem] or np.nan, 80) for r in runs]
         a1.barh(y + (2 * j) * h, full, h, label=f"{stem}, whole song")
-        tail = [min((r["clients"][0]["sdr_from_db"] or {}).get(stem, np.nan), 80)
+        tail = [min((r["clients"][0]["sdr_from_db"] or {}).get(stem) or np.nan, 80)
                 for r in runs]
         a1.barh(y + (2 * j + 1) * h, tail, h, label=f"{stem}, from 2 s after the dropout")
     a1.set_yticks(y + 0.4 - h / 2, [r["name"] for r in runs], fontsize=8)

@@ -368,9 +368,11 @@ class StreamImpairment:
       arrived, or a tail-loss probe TCP_PTO_MIN_S (or 2 RTT, if more) after the last
       segment when fewer follow; the retransmission arrives one round trip later.
     - recovery "rto": every loss waits for the retransmission timeout.
-    - A retransmission that is lost again, and every segment sent into an outage, waits
-      for the retransmission timeout (at least TCP_RTO_MIN_S = 200 ms), doubling on each
-      further failure (exponential backoff), timed from the first lost transmission.
+    - A fast retransmission that is lost again is found one probe timeout later (as
+      Linux's RACK/TLP would, while data flows). A timer-driven retransmission that is lost
+      again, and every segment sent into an outage, waits for the retransmission timeout
+      (at least TCP_RTO_MIN_S = 200 ms), doubling on each further failure (exponential
+      backoff), timed from the first lost transmission.
 
     Reordering and duplication cost nothing visible on TCP (the receiver's stack puts
     segments back in order and discards copies), so those knobs are ignored here.
@@ -450,7 +452,13 @@ class StreamImpairment:
         self._queue.append(seg)
 
     def _backoff_past_outage(self, seg: _Segment) -> None:
-        """Retransmissions at RTO, 2·RTO, 4·RTO … until one falls outside every outage."""
+        """Retransmissions at RTO, 2·RTO, 4·RTO … until one falls outside every outage.
+        The timer is the connection's: a segment sent while an earlier one is already
+        backing off goes out with it, once that one is acknowledged (go-back-N)."""
+        for h in self._holes():
+            if h.later < 0:
+                seg.rto_at, seg.later = h.rto_at, h.later
+                return
         wait, t = self.rto, seg.arrival + self.rto
         while self.link.outages.active(t):
             wait *= 2
@@ -461,13 +469,17 @@ class StreamImpairment:
     def _retransmit(self, h: _Segment, when: float, by_timer: bool = False) -> None:
         """Resend hole `h`, triggered at `when` (by duplicate ACKs or a probe, which must
         first travel back to the sender, or by its timer). A retransmission can be lost
-        too; then the timer resends it, with the timeout doubling each time."""
+        too: after a timer-driven one the timer fires again, its timeout doubled; after a
+        fast retransmit ("linux"), recent-ACK loss detection (RACK) or the probe finds it
+        again one probe timeout later."""
         depart = when if by_timer else when + self.link._delay_s()
-        wait = 2 * self.rto if by_timer else self.rto
+        fast = self.recovery == "linux" and not by_timer
+        wait = self.pto if fast else 2 * self.rto
         self.retransmissions += 1
         while self._u_retx() < self.link.spec.loss:
             depart += wait
-            wait *= 2
+            if not fast:
+                wait *= 2
             self.retransmissions += 1
         h.recovered = depart + self.link._delay_s()
 

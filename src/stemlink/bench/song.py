@@ -153,21 +153,28 @@ def _drums(rng: np.random.Generator, n: int, sr: int, beat: int) -> np.ndarray:
     return out
 
 
-def make_song(seconds: float = 20.0, seed: int = 0, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """-> float32 [2, n], peak 0.89 (−1 dBFS)."""
+def make_parts(seconds: float = 20.0, seed: int = 0,
+               sr: int = SAMPLE_RATE) -> dict[str, np.ndarray]:
+    """The song's parts, each float32 [2, n], scaled as mixed: "voice" and
+    "accompaniment" (bass + chords + drums); their sum peaks at 0.89 (−1 dBFS)."""
     rng = np.random.default_rng(seed)
     n = int(round(seconds * sr))
     bpm = float(rng.uniform(88, 126))
     beat = int(round(60 / bpm * sr))
     tonic = int(rng.integers(45, 57))  # A2 … G#3
-    voice = _voice(rng, n, sr, beat, tonic)
-    mix = np.zeros((2, n))
-    mix += 0.9 * voice / max(np.abs(voice).max(), 1e-9)
-    mix += 0.5 * _bass(n, sr, beat, tonic)
-    mix += 0.35 * _chords(n, sr, beat, tonic)
-    mix += _drums(rng, n, sr, beat)
-    mix *= 0.89 / max(np.abs(mix).max(), 1e-9)
-    return mix.astype(np.float32)
+    v = _voice(rng, n, sr, beat, tonic)
+    voice = np.tile(0.9 * v / max(np.abs(v).max(), 1e-9), (2, 1))
+    acc = 0.5 * _bass(n, sr, beat, tonic) + 0.35 * _chords(n, sr, beat, tonic)
+    acc = acc + _drums(rng, n, sr, beat)
+    gain = 0.89 / max(np.abs(voice + acc).max(), 1e-9)
+    return {"voice": (gain * voice).astype(np.float32),
+            "accompaniment": (gain * acc).astype(np.float32)}
+
+
+def make_song(seconds: float = 20.0, seed: int = 0, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """-> float32 [2, n], peak 0.89 (−1 dBFS)."""
+    p = make_parts(seconds, seed, sr)
+    return (p["voice"] + p["accompaniment"]).astype(np.float32)
 
 
 def write_song(path: str | Path, seconds: float = 20.0, seed: int = 0) -> Path:
