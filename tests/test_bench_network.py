@@ -159,3 +159,25 @@ def test_bench_latency_runs_both_systems_through_the_relay(tmp_path, model_dir):
     assert b["relay"]["down"]["sent"] == b["relay"]["down"]["received"]
     assert min(s["block_latencies_ms"]) >= s["algorithmic_delay_ms"] - 0.5  # causal
     assert "baseline relay: `stemlink relay" in r.stdout
+
+
+def test_bench_relay_calibration_matches_the_profiles(tmp_path):
+    """The calibration command measures what the profiles configure (loss rate within
+    15 %, mean burst within 10 % on 50k datagrams), and the TCP mode delivers every
+    segment, the RTO model costing far more delay than fast retransmit."""
+    out = tmp_path / "relay.json"
+    r = stemlink("bench", "relay", "--datagrams", "50000", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    udp = {u["profile"]: u for u in res["udp"]}
+    assert set(udp) == {"wired", "wifi", "stress"}
+    assert udp["wired"]["loss_rate"] == 0 and udp["wired"]["delay_ms"]["max"] <= 0.3 + 1e-6
+    for name, p, b in (("wifi", 0.02, 3.0), ("stress", 0.10, 2.0)):
+        assert abs(udp[name]["loss_rate"] - p) <= 0.15 * p
+        assert abs(udp[name]["mean_burst"] - b) <= 0.1 * b
+    assert abs(udp["stress"]["duplicated_rate"] - 0.005) <= 0.002
+    tcp = {(t["profile"], t["recovery"]): t for t in res["tcp"]}
+    for name in ("wifi", "stress"):
+        rto, linux = tcp[(name, "rto")], tcp[(name, "linux")]
+        assert rto["delay_ms"]["mean"] > 10 * linux["delay_ms"]["mean"]
+    assert "| wifi | linux |" in r.stdout
