@@ -182,6 +182,8 @@ class Server:
             self.core.shutdown(time.monotonic())
             protocol.flush()
             stopped = worker.stop()
+            for _ in range(3):  # let the worker's last reports (Released: counters) run
+                await asyncio.sleep(0)
             transport.close()
             if stopped:
                 self.engine.close()
@@ -191,7 +193,9 @@ class Server:
                 import json
 
                 counters = dict(self.core.counters)
-                counters.update({f"stream_{k}": v for k, v in self.core.stream_counters.items()})
+                worker_side = self.core.stream_counters
+                counters.update({f"stream_{k}": v for k, v in worker_side.items()})
+                counters["inferences"] = worker_side.get("inferences", 0)
                 with open(self.opts.compute_stats, "w") as f:
                     json.dump({"compute_ns": worker.compute_ns, "counters": counters}, f)
             log.info("server stopped: %s", dict(self.core.counters))
