@@ -120,7 +120,7 @@ class MediaClock:
         self._win.clear()
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity (kept in sets)
 class Session:
     """The network side of a session: owned by the event loop."""
 
@@ -176,6 +176,7 @@ class ServerCore:
         self.recent_ends: deque[tuple[int, str]] = deque(maxlen=256)  # (id, why)
         self.stream_counters: Counter = Counter()  # worker-side totals of ended streams
         self._ending: dict[int, tuple[Session, str, float]] = {}  # closed, worker not done
+        self._waiting: set[Session] = set()  # sessions whose reorder window holds blocks
         _check_accept_fits(model_name, self.stems)
 
     # ---------------------------------------------------------------- entry points
@@ -206,18 +207,18 @@ class ServerCore:
         return gone
 
     def next_timer(self) -> float | None:
-        """The earliest moment on_timer() has work: a reorder window running out."""
+        """The earliest moment on_timer() has work: a reorder window running out. Only
+        sessions holding blocks are looked at (one set, kept by _to_worker)."""
         t = None
-        for s in self.sessions.values():
+        for s in self._waiting:
             d = s.reorder.deadline()
             if d is not None and (t is None or d < t):
                 t = d
         return t
 
     def on_timer(self, now: float) -> None:
-        for s in list(self.sessions.values()):
-            if s.reorder.deadline() is not None:
-                self._to_worker(s, s.reorder.poll(now))
+        for s in list(self._waiting):
+            self._to_worker(s, s.reorder.poll(now))
 
     def close(self, s: Session, why: str, now: float, notify: bool = False,
               error: tuple[ErrorCode, str] | None = None) -> None:
@@ -226,6 +227,7 @@ class ServerCore:
         if s.closed:
             return
         s.closed = True
+        self._waiting.discard(s)
         self.sessions.pop(s.id, None)
         self.by_nonce.pop((s.addr, s.client_nonce), None)
         if error is not None:
@@ -448,6 +450,10 @@ class ServerCore:
         """Blocks leave the reorder window in order: decode each into the ring, hand the
         worker a job for it. A full ring (the worker is PENDING_S behind) drops the block,
         which the worker then conceals like a lost one."""
+        if s.reorder.held and not s.closed:
+            self._waiting.add(s)
+        else:
+            self._waiting.discard(s)
         for r in released:
             h, data = r.packet
             if s.ring.free() == 0:
