@@ -109,9 +109,10 @@ class Stream:
         """Feed one released input block (and the hole before it, if any)."""
         out: list[bytes] = []
         b = self.block
-        if self.pos is not None and job.restart:
+        if self.pos is not None and job.restart:  # the sender started over: a new past
             self.pos = job.timestamp - self.memory
             self._jump(self.memory)
+            self.pos = job.timestamp
             self.counters["restarts"] += 1
         if self.pos is None:
             self.pos = job.timestamp
