@@ -311,7 +311,7 @@ def plot(result: dict, path: Path) -> None:
     stems = result["runs"][0]["clients"][0].get("stems", [])
     if not runs or not stems:
         return
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 0.5 * len(runs) + 2.5), dpi=110)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 0.5 * len(runs) + 3.5), dpi=110)
     y = np.arange(len(runs))
     h = 0.8 / (2 * len(stems))
     for j, stem in enumerate(stems):
@@ -319,10 +319,11 @@ def plot(result: dict, path: Path) -> None:
         a1.barh(y + (2 * j) * h, full, h, label=f"{stem}, whole song")
         tail = [min((r["clients"][0]["sdr_from_db"] or {}).get(stem) or np.nan, 80)
                 for r in runs]
-        a1.barh(y + (2 * j + 1) * h, tail, h, label=f"{stem}, from 2 s after the dropout")
+        a1.barh(y + (2 * j + 1) * h, tail, h,
+                label=f"{stem}, after the dropout (+{RECOVERY_S:g} s) / --sdr-from")
     a1.set_yticks(y + 0.4 - h / 2, [r["name"] for r in runs], fontsize=8)
     a1.set_xlabel("SDR vs undisturbed run (dB, capped at 80)")
-    a1.legend(fontsize=7)
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     a1.grid(True, axis="x", alpha=0.3)
     for k, key in enumerate(("lost", "late", "concealed")):
         a2.barh(y + k * 0.27, [r["clients"][0][key] for r in runs], 0.27, label=key)
