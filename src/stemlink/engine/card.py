@@ -15,6 +15,7 @@ CARD_FILE = "model.json"
 CARD_VERSION = 1
 REPRESENTATIONS = ("magnitude-mask", "complex-spectrogram", "hybrid")
 MASK_EXTENSIONS = ("zeros", "average")
+NAME_FORBIDDEN = frozenset("/\\,=") | frozenset(chr(i) for i in range(32))
 
 
 @dataclass(frozen=True)
@@ -130,11 +131,11 @@ def validate(card: ModelCard) -> None:
         raise ModelCardError("stems must be 1 to 16 distinct names")
     if card.representation not in REPRESENTATIONS:
         raise ModelCardError(f"representation {card.representation!r} is unknown")
+    _validate_wire(card)
     if card.representation == "magnitude-mask":
         _validate_mask(card)
     else:
         _validate_segment(card)
-    _validate_wire(card)
     if not math.isfinite(card.hop / card.sample_rate):
         raise ModelCardError("hop/sample_rate is not finite")
 
@@ -206,6 +207,10 @@ def _validate_wire(card: ModelCard) -> None:
 
     if len(card.stems) > MAX_STEMS:
         raise ModelCardError(f"{len(card.stems)} stems: the wire carries at most {MAX_STEMS}")
+    for s in card.stems:  # names become <stem>.wav files and --monitor stem=gain specs
+        if s != s.strip() or any(ch in s for ch in NAME_FORBIDDEN) or s in (".", ".."):
+            raise ModelCardError(f"stem names must not contain / \\ , = or control "
+                                 f"characters or surrounding spaces: {s[:40]!r}")
     try:
         body = encode_accept(Accept(
             sample_rate=card.sample_rate, block_frames=256, channels=card.channels, format=1,

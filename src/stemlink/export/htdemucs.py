@@ -177,9 +177,10 @@ def export_htdemucs(checkpoint: str | Path, out: str | Path, segment_seconds: fl
     from stemlink.engine import segments
 
     out = Path(out)
-    say(f"[1/4] loading {checkpoint} through demucs.states.load_model")
     model = load_htdemucs(checkpoint)
     seg = segment_samples(model, segment_seconds)
+    say(f"[1/4] loaded {checkpoint} through demucs.states.load_model: "
+        f"{', '.join(model.sources)}; segment {seg} samples")
     # apply_model and forward() pad every chunk to model.segment: make that the graph's
     model.segment = Fraction(seg, model.samplerate)
     c, s = model.audio_channels, list(model.sources)
