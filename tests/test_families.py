@@ -360,3 +360,30 @@ def test_many_stem_model_streams_through_serve_and_send(which, request, clip, tm
         loc = sf.read(ref.files[s], always_2d=True)[0]
         assert net.shape == (x.shape[1], 2), s
         assert sdr(loc, net) >= 40.0, s
+
+
+# --------------------------------------------------------------------------- benchmarks
+def test_bench_fidelity_and_engine_take_any_family(ht4, tmp_path):
+    """Both benches run on a 4-stem HTDemucs card with the family's own presets; the
+    `quality` row equals the offline reference everywhere before the file's end."""
+    import json
+
+    r = run("bench", "fidelity", "--model", ht4[1], "--json", tmp_path / "f.json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "f.json").read_text())
+    assert res["stems"] == FOUR and [x["config"] for x in res["rows"]] == \
+        ["quality", "balanced", "monitor", "ultra"]
+    card = load_card(ht4[1])
+    for row in res["rows"]:
+        cfg = families.preset(card, row["config"])
+        assert row["delay_samples"] == families.latency(card, cfg).samples
+        assert set(row["sdr_db"]) == set(FOUR)
+    assert min(res["rows"][0]["sdr_db_before_end"].values()) >= 80.0
+    assert "| drums SDR |" in r.stdout.replace("drums SDR before", "x")
+    r = run("bench", "engine", "--model", ht4[1], "--seconds", "3", "--iterations", "5",
+            "--json", tmp_path / "e.json")
+    assert r.returncode == 0, r.stderr
+    eng = json.loads((tmp_path / "e.json").read_text())
+    assert eng["representation"] == "hybrid" and len(eng["presets"]) == 4
+    assert eng["presets"][0]["delay_samples"] == families.latency(
+        card, families.preset(card, eng["presets"][0]["preset"])).samples

@@ -210,11 +210,14 @@ def bench() -> None:
               help="Bare model inferences timed.")
 @click.option("--audio", type=click.Path(dir_okay=False), help="Audio to stream instead.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
-def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path) -> None:
+@click.option("--preset", "presets", multiple=True, type=click.Choice(PRESET_NAMES),
+              help="Stream only these presets (default: all; a seconds-long model runs its "
+                   "whole window once per inference, so each preset costs minutes).")
+def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path, presets) -> None:
     """Compute latency per window (p50/p99) and real-time factor per preset."""
     from stemlink.bench.engine_bench import bench_engine, render, save
 
-    result = bench_engine(model, backend, seconds, audio, iterations)
+    result = bench_engine(model, backend, seconds, audio, iterations, list(presets) or None)
     result["command"] = "stemlink " + " ".join(sys.argv[1:])
     click.echo(render(result))
     if json_path:
