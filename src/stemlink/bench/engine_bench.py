@@ -10,6 +10,7 @@ from pathlib import Path
 from stemlink import audio as aio
 from stemlink.bench.machine import describe, machine
 from stemlink.bench.stats import markdown_table
+from stemlink.engine.families import synthesis_label
 from stemlink.engine.presets import PRESETS
 from stemlink.engine.session import open_engine
 from stemlink.percentiles import summarize
@@ -51,8 +52,7 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
             p = summarize(window_ms, (50, 99))
             rows.append({
                 "preset": name, "H": cfg.hop_frames, "L": cfg.lookahead,
-                "synthesis": "whole segments" if getattr(cfg, "whole", False)
-                else cfg.synthesis, "delay_samples": sep.delay,
+                "synthesis": synthesis_label(cfg), "delay_samples": sep.delay,
                 "delay_ms": sep.latency.ms, "window_ms": p, "budget_ms": budget_ms,
                 "rtf": total / audio_s, "realtime": bool(p["p99"] < budget_ms),
             })

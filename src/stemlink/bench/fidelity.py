@@ -52,7 +52,7 @@ def bench_fidelity(model: str, audio_path: str | None) -> dict:
         for label, cfg in configs:
             sep = eng.separator(cfg)
             y = stream_array(sep, x)
-            syn = "whole segments" if getattr(cfg, "whole", False) else cfg.synthesis
+            syn = families.synthesis_label(cfg)
             rows.append({"config": label, "H": cfg.hop_frames, "L": cfg.lookahead,
                          "synthesis": syn,
                          "delay_samples": sep.delay, "delay_ms": sep.latency.ms,

@@ -29,6 +29,7 @@ from stemlink.engine.presets import preset as mask_preset
 from stemlink.engine.streaming_chunked import ChunkConfig
 
 SEGMENT_FAMILIES = ("hybrid", "complex-spectrogram")
+WIRE_U8 = 255
 SEGMENT_FRACTIONS = {"balanced": (4, 4), "monitor": (8, None), "ultra": (16, None)}
 
 
@@ -42,10 +43,13 @@ def preset(card: ModelCard, name: str, accelerated: bool = False) -> StreamConfi
     if name not in PRESETS:
         raise EngineError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     n = card.segment // card.hop
-    if name == "quality":
-        return ChunkConfig(max(1, card.segment * 3 // 4 // card.hop), 0, whole=True)
+    if name == "quality":  # H is informational here (the stride is 3/4 of the segment)
+        return ChunkConfig(min(WIRE_U8, max(1, card.segment * 3 // 4 // card.hop)), 0,
+                           whole=True)
     h_div, l_div = SEGMENT_FRACTIONS[name]
-    return ChunkConfig(max(1, n // h_div), n // l_div if l_div else 0)
+    # H and L travel as u8 in ACCEPT: segments over ~23 s get smaller fractions
+    return ChunkConfig(min(WIRE_U8, max(1, n // h_div)), min(WIRE_U8, n // l_div) if l_div
+                       else 0)
 
 
 def config(card: ModelCard, name: str | None, accelerated: bool, hop_frames: int | None,
@@ -118,3 +122,10 @@ def describe_config(cfg) -> str:
         return ("whole segments (offline-equivalent)" if cfg.whole
                 else f"H={cfg.hop_frames} L={cfg.lookahead} hops, cross-faded regions")
     return f"H={cfg.hop_frames} L={cfg.lookahead} {cfg.synthesis}"
+
+
+def synthesis_label(cfg) -> str:
+    """For tables: how a configuration builds its output."""
+    if isinstance(cfg, ChunkConfig):
+        return "whole segments" if cfg.whole else "cross-faded regions"
+    return cfg.synthesis
