@@ -31,6 +31,7 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
             t = time.perf_counter()
             engine.backend.infer()
             infer_ms.append((time.perf_counter() - t) * 1e3)
+        delays = {name: engine.latency(engine.config(name)).samples for name in PRESETS}
         rows = []
         for name in presets or PRESETS:
             cfg = engine.config(name)
@@ -63,6 +64,7 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
         "representation": card.representation, "segment": card.segment,
         "window_frames": card.window_frames, "audio_seconds": x.shape[1] / card.sample_rate,
         "inference_ms": summarize(infer_ms, (50, 99)), "presets": rows, "machine": machine(),
+        "delay_samples_per_preset": delays, "sample_rate": card.sample_rate,
     }
 
 
@@ -72,6 +74,11 @@ def render(result: dict) -> str:
             f"{describe(result['machine'])}\n"
             f"command: {result.get('command', '')}\n"
             f"one inference (model only): p50 {inf['p50']:.2f} ms, p99 {inf['p99']:.2f} ms\n")
+    if "delay_samples_per_preset" in result:  # exact, from the card (streamed or not)
+        sr = result["sample_rate"]
+        head += "D per preset: " + ", ".join(
+            f"{k} {d} samples ({1000 * d / sr:.1f} ms)"
+            for k, d in result["delay_samples_per_preset"].items()) + "\n"
     rows = [[r["preset"], r["H"], r["L"], r["synthesis"], f"{r['delay_ms']:.1f}",
              f"{r['window_ms']['p50']:.2f}", f"{r['window_ms']['p99']:.2f}",
              f"{r['budget_ms']:.1f}", f"{r['rtf']:.3f}", "yes" if r["realtime"] else "NO"]

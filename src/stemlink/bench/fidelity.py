@@ -60,9 +60,11 @@ def bench_fidelity(model: str, audio_path: str | None) -> dict:
             if families.is_segment(card):
                 # streaming cannot know where the file ends; offline pads its last chunk
                 # with audio from both sides: SDR again without the last segment + stride
-                cut = max(x.shape[1] - card.segment - sep.latency.stride, 0)
+                # (None when the clip is shorter than that: use a longer --audio)
+                cut = x.shape[1] - card.segment - sep.latency.stride
                 rows[-1]["sdr_db_before_end"] = {
-                    s: sdr(ref[i, :, :cut], y[i, :, :cut]) for i, s in enumerate(card.stems)}
+                    s: sdr(ref[i, :, :cut], y[i, :, :cut]) if cut > 0 else None
+                    for i, s in enumerate(card.stems)}
     finally:
         eng.close()
     return {"benchmark": "fidelity", "audio": Path(src).name, "stems": card.stems,
@@ -70,11 +72,15 @@ def bench_fidelity(model: str, audio_path: str | None) -> dict:
             "rows": rows, "machine": machine(), "command": "stemlink " + " ".join(sys.argv[1:])}
 
 
+def _db(v: float | None) -> str:
+    return "n/a (clip too short)" if v is None else f"{v:.2f}"
+
+
 def render(r: dict) -> str:
     end = any("sdr_db_before_end" in x for x in r["rows"])
     rows = [[x["config"], x["H"], x["L"], x["synthesis"], x["delay_samples"],
              f"{x['delay_ms']:.1f}"] + [f"{x['sdr_db'][s]:.2f}" for s in r["stems"]] +
-            ([f"{x['sdr_db_before_end'][s]:.2f}" for s in r["stems"]] if end else [])
+            ([_db(x["sdr_db_before_end"][s]) for s in r["stems"]] if end else [])
             for x in r["rows"]]
     head = ["config", "H", "L", "synthesis", "D samples", "D ms"] + \
         [f"{s} SDR" for s in r["stems"]] + \

@@ -17,6 +17,10 @@ Two modes (`ChunkConfig`):
   [segment - A - 2*stride, segment - A) of its output (A = look-ahead samples), cross-faded
   with a triangle of 2*stride. The model sees a whole segment of past context but only A
   samples of future. D = A + 2*stride - 1.
+
+Allocation: the per-block path (copy in, divide out of the accumulator) allocates nothing;
+an inference (once per stride, i.e. per H hops of audio) runs the segment runner, whose
+numpy STFT/iSTFT of a whole segment allocate their temporaries.
 """
 
 from __future__ import annotations
