@@ -29,33 +29,35 @@ def hann(n: int) -> np.ndarray:
 
 def stft(x: np.ndarray, n_fft: int, hop: int, normalized: bool) -> np.ndarray:
     """torch.stft(center=True, pad_mode='reflect', periodic Hann): [..., n] ->
-    complex128 [..., n_fft//2+1, 1 + n//hop]."""
+    complex64 [..., n_fft//2+1, 1 + n//hop] (float32 FFTs, as torch computes them)."""
     pad = n_fft // 2
-    xp = np.pad(x.astype(np.float64), [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
+    xp = np.pad(x.astype(np.float32), [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
     t = 1 + (xp.shape[-1] - n_fft) // hop
-    idx = np.arange(t)[:, None] * hop + np.arange(n_fft)[None, :]
-    z = np.fft.rfft(xp[..., idx] * hann(n_fft), axis=-1)  # [..., T, F]
+    frames = np.lib.stride_tricks.sliding_window_view(xp, n_fft, axis=-1)[..., ::hop, :][..., :t, :]
+    w = hann(n_fft).astype(np.float32)
     if normalized:
-        z /= math.sqrt(n_fft)
+        w /= np.float32(math.sqrt(n_fft))
+    z = np.fft.rfft(frames * w, axis=-1)  # [..., T, F]
     return np.swapaxes(z, -1, -2)
 
 
 def istft(z: np.ndarray, n_fft: int, hop: int, normalized: bool, length: int) -> np.ndarray:
     """torch.istft(center=True, periodic Hann, length=length): [..., F, T] -> [..., length]."""
     t = z.shape[-1]
-    frames = np.fft.irfft(np.swapaxes(z, -1, -2), n=n_fft, axis=-1)  # [..., T, n_fft]
-    if normalized:
-        frames *= math.sqrt(n_fft)
-    w = hann(n_fft)
+    w = hann(n_fft).astype(np.float32)
+    frames = np.fft.irfft(np.swapaxes(z.astype(np.complex64, copy=False), -1, -2), n=n_fft,
+                          axis=-1)  # [..., T, n_fft] float32
+    frames *= (w * np.float32(math.sqrt(n_fft))) if normalized else w
     total = n_fft + hop * (t - 1)
-    y = np.zeros(z.shape[:-2] + (total,))
-    env = np.zeros(total)
+    y = np.zeros(z.shape[:-2] + (total,), np.float32)
+    env = np.zeros(total, np.float32)
+    w2 = w * w
     for k in range(t):
-        y[..., k * hop:k * hop + n_fft] += frames[..., k, :] * w
-        env[k * hop:k * hop + n_fft] += w * w
+        y[..., k * hop:k * hop + n_fft] += frames[..., k, :]
+        env[k * hop:k * hop + n_fft] += w2
     start = n_fft // 2
     end = min(start + length, total)
-    out = np.zeros(z.shape[:-2] + (length,))
+    out = np.zeros(z.shape[:-2] + (length,), np.float32)
     out[..., :end - start] = y[..., start:end] / np.maximum(env[start:end], 1e-11)
     return out
 
@@ -84,8 +86,10 @@ def demucs_ispec(m: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray
     """HTDemucs._mask (cac) + _ispec: [S, 2C, n_fft//2, T] -> [S, C, length]."""
     s, c2, f, t = m.shape
     z = m.reshape(s, c2 // 2, 2, f, t)
-    z = z[:, :, 0].astype(np.float64) + 1j * z[:, :, 1]
-    z = np.pad(z, [(0, 0), (0, 0), (0, 1), (2, 2)])
+    zc = np.zeros((s, c2 // 2, f + 1, t + 4), np.complex64)
+    zc.real[:, :, :f, 2:t + 2] = z[:, :, 0]
+    zc.imag[:, :, :f, 2:t + 2] = z[:, :, 1]
+    z = zc
     pad = hop // 2 * 3
     le = hop * math.ceil(length / hop) + 2 * pad
     return istft(z, n_fft, hop, True, le)[..., pad:pad + length]
@@ -101,8 +105,9 @@ def mdx_spec(x: np.ndarray, n_fft: int, hop: int, dim_f: int) -> np.ndarray:
 def mdx_ispec(m: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
     """UVR MDX iSTFT: [2C, dim_f, T] -> [C, length]; bins above dim_f are zero."""
     c2, f, t = m.shape
-    z = np.zeros((c2 // 2, n_fft // 2 + 1, t), np.complex128)
-    z[:, :f] = m[0::2] + 1j * m[1::2].astype(np.float64)
+    z = np.zeros((c2 // 2, n_fft // 2 + 1, t), np.complex64)
+    z.real[:, :f] = m[0::2]
+    z.imag[:, :f] = m[1::2]
     return istft(z, n_fft, hop, False, length)
 
 
