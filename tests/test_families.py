@@ -399,3 +399,28 @@ def test_bench_fidelity_and_engine_take_any_family(ht4, tmp_path):
     assert eng["representation"] == "hybrid" and len(eng["presets"]) == 4
     assert eng["presets"][0]["delay_samples"] == families.latency(
         card, families.preset(card, eng["presets"][0]["preset"])).samples
+
+
+@pytest.mark.parametrize("preset", ["quality", "monitor"])
+def test_advance_over_silence_equals_feeding_it_and_skip_equals_process(ht4, clip, preset):
+    """advance(n) leaves the state that n zeros would (HTDemucs maps a silent segment to
+    exactly 0), with the alignment kept; skip() gives process()'s output."""
+    _, x = clip
+    a, b = x[:, :50000], x[:, 50000:150000]
+    eng = open_engine(ht4[1])
+    try:
+        fed, jumped = eng.separator(eng.config(preset)), eng.separator(eng.config(preset))
+        n = fed.memory + 777
+        fed.process(a)
+        fed.process(np.zeros((2, n), np.float32))
+        want = fed.process(b).copy()
+        jumped.skip(a)
+        jumped.advance(n)
+        got = jumped.process(b).copy()
+        with pytest.raises(Exception, match="at least"):
+            jumped.advance(jumped.memory - 1)
+    finally:
+        eng.close()
+    assert jumped.stats.skipped_inferences > 0
+    assert np.max(np.abs(want)) > 0
+    assert np.max(np.abs(got - want)) <= 1e-6 * np.max(np.abs(want))

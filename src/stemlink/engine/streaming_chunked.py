@@ -87,6 +87,18 @@ class ChunkLatency:
         return self.segment - self.offset - 1
 
     @property
+    def support(self) -> int:
+        """As StreamingSeparator's: input sample j first reaches output index
+        j + D - support + 1 = j (the model looks a whole segment back and ahead)."""
+        return self.samples + 1
+
+    @property
+    def reach(self) -> int:
+        """Input sample j reaches output indices up to j + D + reach - 1 (the last run
+        whose segment holds j ends `segment` later; its region ends offset + region in)."""
+        return self.offset + self.region
+
+    @property
     def ms(self) -> float:
         return 1000.0 * self.samples / self.sample_rate
 
@@ -105,6 +117,7 @@ def chunk_latency(card: ModelCard, config: ChunkConfig) -> ChunkLatency:
 class ChunkStats:
     frames: int = 0  # input samples / hop, for parity with StreamStats
     inferences: int = 0
+    skipped_inferences: int = 0  # runs advance() jumped over (silence in, silence out)
     nonfinite_blocks: int = 0
 
 
@@ -139,6 +152,45 @@ class ChunkedSeparator:
     @property
     def delay(self) -> int:
         return self.latency.samples
+
+    @property
+    def memory(self) -> int:
+        """Samples of silence after which no earlier input reaches any pending output:
+        a segment of input plus one region of pending output."""
+        return self._n + self._region
+
+    def skip(self, block: np.ndarray) -> np.ndarray:
+        """For input whose output is no longer wanted. A segment run feeds the regions of
+        the runs around it, so leaving one out would change later output: this runs it
+        (exact output, no saving)."""
+        return self.process(block)
+
+    def advance(self, n: int) -> None:
+        """Jump over n >= memory samples of silence, no output: the state becomes what
+        processing n zeros leaves, for models that map a silent segment to silence
+        (HTDemucs: its normalisation makes the output exactly 0; an MDX graph with biases
+        may not, and then this is that model's output minus its response to silence)."""
+        if n < self.memory:
+            raise EngineError(f"advance() needs at least {self.memory} samples, not {n}")
+        t1 = self._t + n
+        self._lin[...] = 0.0
+        self._pos = self._n
+        self._acc[...] = 0.0
+        self._wsum[...] = 0.0
+        first = self._n if self.config.whole else self._stride
+        nxt = first + max(0, -(-(t1 + 1 - first) // self._stride)) * self._stride
+        self.stats.skipped_inferences += max(0, (nxt - self._next) // self._stride)
+        self._next, self._t = nxt, t1
+        # the silent runs' weights on the output still pending (positions >= t1 - D)
+        pending = t1 - self.delay
+        t = nxt - self._stride
+        while t >= first and t - self._n + self._off + self._region > pending:
+            lo = t - self._n + self._off
+            a = max(0, pending - lo)
+            self._add(lo + a, lo + self._region, None, self._w[a:])
+            t -= self._stride
+        self._final = self._next - self._n + self._off
+        self.stats.frames = self._t // self.card.hop
 
     def process(self, block: np.ndarray) -> np.ndarray:
         """block: float32 [C, n] -> view [S, C, n] valid until the next call."""
@@ -183,12 +235,14 @@ class ChunkedSeparator:
         self._next += self._stride
         self._final = self._next - self._n + self._off
 
-    def _add(self, lo: int, hi: int, y: np.ndarray, w: np.ndarray) -> None:
+    def _add(self, lo: int, hi: int, y: np.ndarray | None, w: np.ndarray) -> None:
+        """Accumulate y * w (y None: a silent run, weights only) at positions [lo, hi)."""
         done = 0
         while lo + done < hi:
             at = (lo + done) % self._cap
             k = min(hi - lo - done, self._cap - at)
-            self._acc[:, :, at:at + k] += y[:, :, done:done + k] * w[done:done + k]
+            if y is not None:
+                self._acc[:, :, at:at + k] += y[:, :, done:done + k] * w[done:done + k]
             self._wsum[at:at + k] += w[done:done + k]
             done += k
 
