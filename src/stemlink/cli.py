@@ -74,6 +74,86 @@ def export_spleeter_cmd(out: str, window_frames: int) -> None:
     click.echo(f"model ready in {out}")
 
 
+# --------------------------------------------------------------------------- other families
+@export.command("htdemucs")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="HTDemucs .th package (official release format) or {state, kwargs} file.")
+@click.option("--segment-seconds", type=click.FloatRange(0.1, None, min_open=False),
+              help="Fixed segment of the graph (default: the model's training segment).")
+@click.option("--out", default="models/htdemucs", show_default=True, type=click.Path(),
+              help="Model folder to write.")
+def export_htdemucs_cmd(checkpoint: str, segment_seconds, out: str) -> None:
+    """Export an HTDemucs checkpoint (STFT/iSTFT outside the graph) to ONNX."""
+    from stemlink.export.htdemucs import export_htdemucs
+
+    card = export_htdemucs(checkpoint, out, segment_seconds,
+                           say=lambda s: click.echo(s, err=True))
+    click.echo(f"model ready in {out}: {len(card.stems)} stems ({', '.join(card.stems)}), "
+               f"segment {card.segment} samples")
+
+
+@cli.group("import")
+def import_() -> None:
+    """Wrap model files made elsewhere into a stemlink model folder."""
+
+
+@import_.command("mdx")
+@click.argument("model_onnx", type=click.Path(dir_okay=False))
+@click.option("--n-fft", required=True, type=int, help="STFT size (UVR: 6144 or 7680).")
+@click.option("--dim-f", required=True, type=int, help="Frequency bins the model sees.")
+@click.option("--dim-t", required=True, type=int, help="STFT frames per window.")
+@click.option("--stem", required=True, help="The stem the model outputs, e.g. vocals.")
+@click.option("--complement", default=None,
+              help="Name of mixture-minus-stem (default: instrumental for vocals, "
+                   "else no_<stem>).")
+@click.option("--out", default=None, type=click.Path(), help="Model folder (default "
+              "models/mdx-<stem>).")
+def import_mdx_cmd(model_onnx, n_fft, dim_f, dim_t, stem, complement, out) -> None:
+    """Import a UVR/MDX-Net ONNX file ([B, 4, dim_f, dim_t] in and out)."""
+    from stemlink.export.mdx import import_mdx
+
+    out = out or f"models/mdx-{stem}"
+    card = import_mdx(model_onnx, out, n_fft=n_fft, dim_f=dim_f, dim_t=dim_t, stem=stem,
+                      complement=complement, say=lambda s: click.echo(s, err=True))
+    click.echo(f"model ready in {out}: {', '.join(card.stems)}")
+
+
+@cli.group("testmodel")
+def testmodel() -> None:
+    """Build random-weight models of the other families (tests, benchmarks)."""
+
+
+@testmodel.command("htdemucs")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".th file to write")
+@click.option("--sources", default="drums,bass,other,vocals", show_default=True)
+@click.option("--segment-seconds", default=1.0, show_default=True, type=float)
+@click.option("--full-size", is_flag=True,
+              help="The released architecture (channels 48, depth 4, 5 transformer layers).")
+@click.option("--format", "fmt", type=click.Choice(["package", "state"]), default="package",
+              show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+def testmodel_htdemucs(out, sources, segment_seconds, full_size, fmt, seed) -> None:
+    """A randomly initialised HTDemucs checkpoint, built by the demucs package."""
+    from stemlink.export.testmodels import random_htdemucs
+
+    p = random_htdemucs(out, [s.strip() for s in sources.split(",")],
+                        segment=segment_seconds, seed=seed, full_size=full_size, fmt=fmt)
+    click.echo(f"wrote {p}")
+
+
+@testmodel.command("mdx")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".onnx to write")
+@click.option("--kind", type=click.Choice(["identity", "zeros", "gain"]), default="identity",
+              show_default=True)
+@click.option("--dim-f", default=2048, show_default=True, type=int)
+@click.option("--dim-t", default=256, show_default=True, type=int)
+def testmodel_mdx(out, kind, dim_f, dim_t) -> None:
+    """An ONNX file with the MDX-Net layout: identity, zeros or 0.5 x input."""
+    from stemlink.export.testmodels import mdx_onnx
+
+    click.echo(f"wrote {mdx_onnx(out, kind, dim_f, dim_t)}")
+
+
 # --------------------------------------------------------------------------- separate
 def _stream_options(f):
     f = click.option("--synthesis", type=click.Choice(["standard", "asymmetric"]),
@@ -130,11 +210,14 @@ def bench() -> None:
               help="Bare model inferences timed.")
 @click.option("--audio", type=click.Path(dir_okay=False), help="Audio to stream instead.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
-def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path) -> None:
+@click.option("--preset", "presets", multiple=True, type=click.Choice(PRESET_NAMES),
+              help="Stream only these presets (default: all; a seconds-long model runs its "
+                   "whole window once per inference, so each preset costs minutes).")
+def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path, presets) -> None:
     """Compute latency per window (p50/p99) and real-time factor per preset."""
     from stemlink.bench.engine_bench import bench_engine, render, save
 
-    result = bench_engine(model, backend, seconds, audio, iterations)
+    result = bench_engine(model, backend, seconds, audio, iterations, list(presets) or None)
     result["command"] = "stemlink " + " ".join(sys.argv[1:])
     click.echo(render(result))
     if json_path:
@@ -294,8 +377,9 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
 @click.option("--server", default="127.0.0.1:5005", show_default=True, help="HOST:PORT")
 @click.option("--input-device", default=None, help="PortAudio input device (index or name).")
 @click.option("--output-device", default=None, help="PortAudio output device.")
-@click.option("--monitor", default="accompaniment", show_default=True,
-              help="Stem to hear, or a mix: vocals=0.2,accompaniment=1")
+@click.option("--monitor", default=None,
+              help="Stem to hear, a mix (drums=0,vocals=1,bass=0.5: unnamed stems are "
+                   "muted) or 'all'. Default: accompaniment, or every stem but vocals.")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None)
 @click.option("--jitter-blocks", default=8, show_default=True, type=click.IntRange(1, 60),
               help="Playout buffer in blocks (the fixed delay it adds); it must cover the "

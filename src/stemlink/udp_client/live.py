@@ -16,7 +16,7 @@ import numpy as np
 from stemlink import audio as aio
 from stemlink.udp_client.core import ClientCore, ClientError, Pong, StemBlock
 from stemlink.udp_client.jitter import JitterBuffer
-from stemlink.udp_client.mix import parse_mix
+from stemlink.udp_client.mix import default_mix, parse_mix
 from stemlink.udp_client.transport import connect
 from stemlink.wire import packets as pk
 from stemlink.wire.constants import PRESET_NAMES
@@ -111,6 +111,7 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
 
     proto, acc_ev = await connect(core, server, on_event)
     acc = acc_ev.accept
+    monitor = monitor or default_mix(list(acc.stems))
     gains = parse_mix(monitor, list(acc.stems))
     po = Playout(list(acc.stems), gains, acc.channels, acc.block_frames, acc.sample_rate,
                  rate, out_ch, target_blocks)

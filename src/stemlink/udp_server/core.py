@@ -177,7 +177,7 @@ class ServerCore:
         self.stream_counters: Counter = Counter()  # worker-side totals of ended streams
         self._ending: dict[int, tuple[Session, str, float]] = {}  # closed, worker not done
         self._waiting: set[Session] = set()  # sessions whose reorder window holds blocks
-        _check_accept_fits(model_name, self.stems)
+        pk.check_accept_fits(model_name, self.stems)  # refused at load, not at HELLO
 
     # ---------------------------------------------------------------- entry points
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
@@ -485,16 +485,6 @@ class ServerCore:
         if counter:
             s.counters[counter] += 1
         self._drop(reason)
-
-
-def _check_accept_fits(model: str, stems: list[str]) -> None:
-    """Refuse, at load time, a model whose ACCEPT would not fit one datagram."""
-    acc = pk.Accept(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, bytes(16), model, tuple(stems))
-    try:
-        pk.encode(pk.Header(PacketType.ACCEPT, 0, 0, 0, 0, 0), pk.encode_accept(acc), bytes(32))
-    except pk.WireError as e:
-        raise pk.WireError("bad-accept", f"the model's name and stem names do not fit one "
-                                         f"ACCEPT datagram ({e})") from None
 
 
 def _addr_bytes(addr: Addr) -> bytes:

@@ -86,7 +86,9 @@ class Stream:
         self.delay = separator.delay
         self.memory = separator.memory
         self.support = separator.latency.support
-        self.n_fft = separator.card.n_fft
+        # how far past i + D an input sample i reaches the output: the frame length for
+        # the STFT separator, a whole run's region for segment models (`reach`)
+        self.reach = getattr(separator.latency, "reach", None) or separator.card.n_fft
         self.writer = pk.MediaWriter(block, channels, fmt)
         self.stem_seq = [0] * n_stems
         self.conceal = InputConcealer(channels, block)
@@ -142,15 +144,15 @@ class Stream:
         self.sep.advance(max(n, self.memory))
         self.conceal.reset()
         self._cfrom = 0
-        self._cuntil = self.pos + n + self.delay + self.n_fft - 1
+        self._cuntil = self.pos + n + self.delay + self.reach - 1
 
     def _mark_concealed(self, ts: int) -> None:
         # Output sample i comes from frames whose synthesis support holds i - D; each such
-        # frame analyses the n_fft input samples before its end, which lies in
+        # frame analyses the n_fft (`reach`) input samples before its end, which lies in
         # (i - D, i - D + support]. So input [ts, ts + b) reaches outputs
-        # (ts + D - support, ts + b + D + n_fft - 1).
+        # (ts + D - support, ts + b + D + reach - 1).
         lo = ts + self.delay - self.support + 1
-        hi = ts + self.block + self.delay + self.n_fft - 1
+        hi = ts + self.block + self.delay + self.reach - 1
         if lo > self._cuntil:
             self._cfrom = lo
         self._cuntil = max(self._cuntil, hi)

@@ -212,6 +212,17 @@ def encode_accept(m: Accept) -> bytes:
     return head + _name(m.model) + b"".join(_name(s) for s in m.stems)
 
 
+def check_accept_fits(model: str, stems: tuple[str, ...] | list[str]) -> None:
+    """Raise WireError unless an ACCEPT naming this model and these stems fits one datagram
+    (checked when a model is loaded, long before a client asks)."""
+    acc = Accept(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, bytes(NONCE_SIZE), model, tuple(stems))
+    body = encode_accept(acc)
+    if len(body) > MAX_PAYLOAD:
+        raise WireError("bad-accept", f"the model name and {len(stems)} stem names take "
+                                      f"{len(body)} bytes in the ACCEPT packet, more than the "
+                                      f"{MAX_PAYLOAD} that fit one datagram: shorten them")
+
+
 def decode_accept(p: memoryview | bytes) -> Accept:
     p = bytes(p)
     if len(p) < _ACCEPT.size:
