@@ -1,0 +1,290 @@
+"""Loss concealment for blocks of audio, sans-IO (numpy only), shared by client and server.
+
+`Concealer(channels, block, method, rate)` sees a stream of blocks `[channels, block]`
+float32 in order. Each block is either real (`good(block, out)`) or missing
+(`missing(out)`); both write the block to play into `out`. The ladder, cheapest first:
+
+- ``zero``   faded zero-fill: the signal ramps from its last value to silence over a
+  short fade (no step), then silence.
+- ``repeat`` the last block looped, its loop point smoothed by an overlap-add.
+- ``pitch``  pitch-period repetition with overlap-add (ITU-T G.711 Appendix I style): the
+  period is found by normalised autocorrelation of the recent signal; the loop spans whole
+  periods, its loop point overlap-added.
+- ``lpc``    Burg linear prediction (order 32) per channel, run forward as an all-pole
+  filter (JackTrip's PLC idea).
+
+Every method: the same envelope (full gain for HOLD_S, then a linear fade to silence at
+FADE_END_S, ~60 ms, silence after); the entry join is made continuous by a decaying step
+correction towards a first-order prediction of the next sample; the exit join (the first
+real block after a gap) is cross-faded over `xfade` samples from the concealment's own
+continuation. No added delay: nothing already played is rewritten. All buffers are
+allocated in __init__; good() and missing() allocate no arrays.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+
+HOLD_S = 0.010  # concealment at full gain for this long ...
+FADE_END_S = 0.060  # ... then fades linearly to silence here (G.711 App. I: 60 ms)
+XFADE_S = 0.0015  # cross-fade at the joins (66 samples at 44.1 kHz), at most one block
+HISTORY_S = 0.048  # analysis history kept (pitch search, Burg window)
+PITCH_MIN_S, PITCH_MAX_S = 1 / 400, 1 / 66  # 2.5 .. 15 ms periods
+PITCH_WIN_S = 0.008  # correlation window for the pitch search
+LPC_ORDER = 32
+LPC_WIN = 1024  # samples the Burg fit sees
+
+
+class Method(str, Enum):
+    ZERO = "zero"
+    REPEAT = "repeat"
+    PITCH = "pitch"
+    LPC = "lpc"
+
+
+METHODS = tuple(m.value for m in Method)
+DEFAULT_METHOD = Method.PITCH.value  # measured best, see docs/BENCHMARKS.md
+
+
+class Concealer:
+    """One stream's concealment state. Not thread-safe: one owner calls it, in order."""
+
+    def __init__(self, channels: int, block: int, method: str = DEFAULT_METHOD,
+                 rate: int = 44100) -> None:
+        self.method = Method(method)
+        self.channels, self.block, self.rate = channels, block, rate
+        c, b = channels, block
+        self.xfade = f = max(1, min(b, round(XFADE_S * rate)))
+        self.hist_len = h = max(round(HISTORY_S * rate), LPC_WIN + 1, 2 * b)
+        self.hold = round(HOLD_S * rate)
+        self.fade_end = round(FADE_END_S * rate)
+        self.pmin = max(2, round(PITCH_MIN_S * rate))
+        self.pmax = min(round(PITCH_MAX_S * rate), h // 2)
+        self.pwin = round(PITCH_WIN_S * rate)
+        # history of what was played, newest last; two buffers swapped on every block so
+        # the shift never copies overlapping memory (numpy would allocate a temporary)
+        self._hist = np.zeros((c, h), np.float32)
+        self._hist2 = np.zeros((c, h), np.float32)
+        # gain per sample since the gap began; zeros past the fade
+        n_env = self.fade_end + b + f + 1
+        t = np.arange(n_env, dtype=np.float64)
+        env = np.clip((self.fade_end - t) / max(1, self.fade_end - self.hold), 0.0, 1.0)
+        self._env = env.astype(np.float32)
+        self._ramp_in = ((np.arange(f, dtype=np.float32) + 1) / (f + 1)).astype(np.float32)
+        self._ramp_out = (1.0 - self._ramp_in).astype(np.float32)
+        self._ext = np.zeros((c, b + f), np.float32)  # concealment for this block + xfade
+        self._tmp = np.zeros((c, b + f), np.float32)
+        self._delta = np.zeros((c, 1), np.float32)
+        self._t = 0  # samples concealed in the current gap; 0 = not concealing
+        self.concealed_blocks = 0
+        # loop source (repeat, pitch): up to half the history, plus its smoothed wrap
+        self._loop = np.zeros((c, h), np.float32)
+        self._loop_len = b
+        # pitch search scratch (mono)
+        self._mono = np.zeros(h, np.float32)
+        nl = self.pmax - self.pmin + 1
+        self._corr = np.zeros(nl, np.float32)
+        self._sq = np.zeros(h + 1, np.float32)  # float32 throughout: a cast would buffer
+        self._energy = np.zeros(nl, np.float32)
+        # LPC: coefficients (reversed, negated) and a run buffer [C, order + b + f]
+        p = LPC_ORDER
+        self._a = np.zeros((c, p + 1), np.float64)
+        self._a_tmp = np.zeros((c, p + 1), np.float64)
+        self._a_tmp2 = np.zeros((c, p + 1), np.float64)
+        self._coef = np.zeros((c, p), np.float64)
+        self._fw = np.zeros((c, LPC_WIN), np.float64)
+        self._bw = np.zeros((c, LPC_WIN), np.float64)
+        self._fw2 = np.zeros((c, LPC_WIN), np.float64)
+        self._num = np.zeros(c, np.float64)
+        self._den = np.zeros(c, np.float64)
+        self._k = np.zeros((c, 1), np.float64)
+        self._run = np.zeros((c, p + b + f), np.float64)  # float64: high-order recursion
+        self._prod = np.zeros((c, p), np.float64)
+
+    # ---------------------------------------------------------------- public API
+    @property
+    def concealing(self) -> bool:
+        return self._t > 0
+
+    def reset(self) -> None:
+        self._hist[...] = 0.0
+        self._t = 0
+
+    def good(self, block: np.ndarray, out: np.ndarray) -> bool:
+        """A real block: copy it to `out`, cross-faded in if it ends a concealed run.
+        Returns True when it was cross-faded. `block` and `out` may be the same array."""
+        faded = self._t > 0
+        if faded:
+            f = self.xfade
+            np.multiply(block[:, :f], self._ramp_in, out=self._tmp[:, :f])
+            np.multiply(self._ext[:, self.block:], self._ramp_out, out=self._tmp[:, f:2 * f])
+            np.add(self._tmp[:, :f], self._tmp[:, f:2 * f], out=out[:, :f])
+            if out is not block:
+                np.copyto(out[:, f:], block[:, f:])
+            self._t = 0
+        elif out is not block:
+            np.copyto(out, block)
+        self._push(out)
+        return faded
+
+    def missing(self, out: np.ndarray) -> None:
+        """A missing block: write its concealment into `out` [channels, block]."""
+        b, f = self.block, self.xfade
+        if self._t == 0:
+            self._start()
+        m = self.method
+        if m is Method.ZERO:
+            self._ext[...] = 0.0
+        elif m is Method.LPC:
+            self._lpc_run()
+        else:
+            self._loop_read(self._t)
+        if m is not Method.ZERO:  # the envelope; zero-fill is already silent
+            _rows_imul(self._ext, self._env[self._t:self._t + b + f])
+        if self._t == 0 and m is not Method.LPC:  # entry join: decay the step (LPC's first
+            # sample is its own prediction, it needs none)
+            if m is Method.ZERO:
+                self._delta -= self._ext[:, :1]
+            n = min(f, b)
+            np.multiply(self._delta, self._ramp_out[:n], out=self._tmp[:, :n])
+            self._ext[:, :n] += self._tmp[:, :n]
+        np.copyto(out, self._ext[:, :b])
+        self._t = min(self._t + b, self.fade_end + 1)
+        self.concealed_blocks += 1
+        self._push(out)
+
+    # ---------------------------------------------------------------- internals
+    def _push(self, x: np.ndarray) -> None:
+        b = self.block
+        np.copyto(self._hist2[:, :-b], self._hist[:, b:])
+        np.copyto(self._hist2[:, -b:], x)
+        self._hist, self._hist2 = self._hist2, self._hist
+
+    def _start(self) -> None:
+        """A gap begins: analyse the history once."""
+        hist = self._hist
+        m = self.method
+        if m is Method.ZERO:  # first-order prediction of the next sample
+            np.subtract(hist[:, -1:], hist[:, -2:-1], out=self._delta)
+            self._delta += hist[:, -1:]
+        if m is Method.REPEAT:
+            self._make_loop(self.block)
+        elif m is Method.PITCH:
+            p = self._pitch()
+            # whole periods, at least ~5 ms, so a short period does not buzz
+            k = max(1, -(-round(0.005 * self.rate) // p))
+            self._make_loop(min(p * k, self.hist_len // 2))
+        if m in (Method.REPEAT, Method.PITCH):
+            # the loop starts at x[n - L]; its natural predecessor x[n - L - 1] should be
+            # the last sample played, x[n - 1]: the offset between them is the step to decay
+            L, h = self._loop_len, self.hist_len
+            np.subtract(hist[:, -1:], hist[:, h - L - 1:h - L], out=self._delta)
+        elif m is Method.LPC:
+            self._burg()
+            p = LPC_ORDER
+            np.copyto(self._run[:, :p], hist[:, -p:])
+
+    def _make_loop(self, length: int) -> None:
+        """Loop the last `length` samples; overlap-add its end into the samples that
+        preceded its start, so wrapping around is smooth."""
+        h, f = self.hist_len, self.xfade  # length >= block >= xfade, length + f <= h
+        hist, loop = self._hist, self._loop
+        np.copyto(loop[:, :length], hist[:, h - length:])
+        tail = loop[:, length - f:length]
+        _rows_imul(tail, self._ramp_out)
+        np.multiply(hist[:, h - length - f:h - length], self._ramp_in, out=self._tmp[:, :f])
+        tail += self._tmp[:, :f]
+        self._loop_len = length
+
+    def _loop_read(self, t: int) -> None:
+        """ext[:, i] = loop[(t + i) mod L] for i in 0 .. block + xfade."""
+        n, L = self.block + self.xfade, self._loop_len
+        i, pos = 0, t % L
+        while i < n:
+            k = min(L - pos, n - i)
+            np.copyto(self._ext[:, i:i + k], self._loop[:, pos:pos + k])
+            i += k
+            pos = 0
+
+    def _pitch(self) -> int:
+        """Period (samples) maximising the normalised correlation of the last pwin
+        samples with the pwin samples one period earlier."""
+        h, w = self.hist_len, self.pwin
+        mono = self._mono
+        np.copyto(mono, self._hist[0])
+        for ch in range(1, self.channels):
+            mono += self._hist[ch]
+        ref = mono[h - w:]
+        start = h - w - self.pmax  # window j starts at start + j and has lag pmax - j
+        nl = self.pmax - self.pmin + 1
+        corr = self._corr
+        for j in range(nl):  # np.dot of two 1-D views: no array allocated
+            corr[j] = np.dot(mono[start + j:start + j + w], ref)
+        sq = self._sq
+        np.square(mono, out=sq[1:])
+        np.cumsum(sq[1:], out=sq[1:])
+        # energy of window starting at start + j: sq[start+j+w] - sq[start+j]
+        np.subtract(sq[start + w:start + w + nl], sq[start:start + nl], out=self._energy)
+        np.maximum(self._energy, 1e-12, out=self._energy)
+        np.sqrt(self._energy, out=self._energy)
+        np.divide(self._corr, self._energy, out=self._energy)
+        j = int(np.argmax(self._energy))
+        if self._energy[j] <= 0.0:  # silence or no periodicity: loop the last block
+            return min(self.block, self.hist_len // 2)
+        return self.pmax - j
+
+    def _burg(self) -> None:
+        """Burg's method, all channels at once, into self._coef (negated, reversed)."""
+        p, n = LPC_ORDER, LPC_WIN
+        fw, bw, a = self._fw, self._bw, self._a
+        np.copyto(fw, self._hist[:, -n:])
+        np.copyto(bw, fw)
+        a[...] = 0.0
+        a[:, 0] = 1.0
+        num, den, k = self._num, self._den, self._k
+        for m in range(p):
+            ff, bb = fw[:, m + 1:], bw[:, m:n - 1]
+            for ch in range(self.channels):  # 1-D dots of contiguous rows: no buffers
+                num[ch] = np.dot(ff[ch], bb[ch])
+                den[ch] = np.dot(ff[ch], ff[ch]) + np.dot(bb[ch], bb[ch])
+            np.maximum(den, 1e-18, out=den)
+            np.divide(num, den, out=k[:, 0])
+            k *= -2.0
+            # a_new[i] = a[i] + k * a[m + 1 - i]
+            np.copyto(self._a_tmp[:, :m + 2], a[:, m + 1::-1])
+            np.multiply(self._a_tmp[:, :m + 2], k, out=self._a_tmp2[:, :m + 2])
+            a[:, :m + 2] += self._a_tmp2[:, :m + 2]
+            # f'[i] = f[i] + k b[i-1], b'[i] = b[i-1] + k f[i], for i = m+1 .. n-1
+            f2 = self._fw2[:, :n - m - 1]
+            np.multiply(bb, k, out=f2)
+            f2 += ff
+            _rows_imul(ff, k[:, 0])
+            ff += bb  # ff now holds b'
+            np.copyto(bw[:, m + 1:], ff)
+            np.copyto(ff, f2)
+        # prediction: x[t] = -sum_{i=1..p} a[i] x[t-i]; coef over run[t-p .. t-1]
+        np.negative(a[:, p:0:-1], out=self._a_tmp[:, :p])
+        np.copyto(self._coef, self._a_tmp[:, :p])
+
+    def _lpc_run(self) -> None:
+        """Continue the all-pole recursion for block + xfade samples into ext."""
+        p, b, f = LPC_ORDER, self.block, self.xfade
+        run, coef, prod = self._run, self._coef, self._prod
+        for t in range(b + f):
+            np.multiply(coef, run[:, t:t + p], out=prod)
+            np.sum(prod, axis=1, out=run[:, p + t])
+        np.copyto(self._ext, run[:, p:])
+        # the next block continues from the state after this block (not after the xfade)
+        np.copyto(run[:, :p], run[:, b:b + p])
+
+
+def _rows_imul(x: np.ndarray, v: np.ndarray) -> None:
+    """x[i] *= v (a vector, or v[i] a scalar) row by row: numpy copies an operand of an
+    in-place broadcast multiply, so a 2-D `x *= v` would allocate."""
+    for i in range(x.shape[0]):
+        if v.ndim == 1 and v.shape[0] == x.shape[1]:
+            np.multiply(x[i], v, out=x[i])
+        else:
+            np.multiply(x[i], v[i], out=x[i])
