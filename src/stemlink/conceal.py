@@ -12,6 +12,13 @@ float32 in order. Each block is either real (`good(block, out)`) or missing
   periods, its loop point overlap-added.
 - ``lpc``    Burg linear prediction (order 32) per channel, run forward as an all-pole
   filter (JackTrip's PLC idea).
+- ``match``  waveform matching, long-term prediction with several taps: the lags (up to
+  40 ms) whose past best matches the last 11.6 ms are combined with least-squares gains
+  (ridge-shrunk, so a poor match conceals quietly rather than wrongly). When the caller
+  already holds the real block that follows the gap (`missing(out, after=...)`: a jitter
+  buffer with a block in hand, a server whose next block has arrived), a second match
+  predicts the gap backwards from that block and the two are cross-faded across the
+  block: the gap is interpolated, not only extrapolated.
 
 Every method: the same envelope (full gain for HOLD_S, then a linear fade to silence at
 FADE_END_S, ~60 ms, silence after); the entry join is made continuous by a decaying step
@@ -35,6 +42,11 @@ PITCH_MIN_S, PITCH_MAX_S = 1 / 400, 1 / 66  # 2.5 .. 15 ms periods
 PITCH_WIN_S = 0.008  # correlation window for the pitch search
 LPC_ORDER = 32
 LPC_WIN = 1024  # samples the Burg fit sees
+MATCH_WIN_S = 0.0116  # context window the waveform match fits (512 samples at 44.1 kHz)
+MATCH_MAX_S = 0.040  # longest lag searched
+MATCH_TAPS = 8  # lags combined by least squares
+MATCH_SEP = 16  # samples between chosen lags
+MATCH_RIDGE = 0.3  # ridge on the least-squares fit, relative to the mean tap energy
 
 
 class Method(str, Enum):
@@ -42,10 +54,11 @@ class Method(str, Enum):
     REPEAT = "repeat"
     PITCH = "pitch"
     LPC = "lpc"
+    MATCH = "match"
 
 
 METHODS = tuple(m.value for m in Method)
-DEFAULT_METHOD = Method.PITCH.value  # measured best, see docs/BENCHMARKS.md
+DEFAULT_METHOD = Method.MATCH.value  # measured best, see docs/BENCHMARKS.md
 
 
 class Concealer:
@@ -57,10 +70,15 @@ class Concealer:
         self.channels, self.block, self.rate = channels, block, rate
         c, b = channels, block
         self.xfade = f = max(1, min(b, round(XFADE_S * rate)))
-        self.hist_len = h = max(round(HISTORY_S * rate), LPC_WIN + 1, 2 * b)
+        self.mwin = round(MATCH_WIN_S * rate)
+        self.mmax = round(MATCH_MAX_S * rate)
+        self.fwin = min(b, 256)  # the matched window of the following block
+        self.hist_len = h = max(round(HISTORY_S * rate), LPC_WIN + 1, 2 * b,
+                                self.mwin + self.mmax + f + 2, self.mmax + self.fwin + b + 1)
         self.hold = round(HOLD_S * rate)
         self.fade_end = round(FADE_END_S * rate)
         self.pmin = max(2, round(PITCH_MIN_S * rate))
+        self.mmin = max(self.pmin, f + 1)  # shortest lag: a pitch period, longer than a fade
         self.pmax = min(round(PITCH_MAX_S * rate), h // 2)
         self.pwin = round(PITCH_WIN_S * rate)
         # history of what was played, newest last; two buffers swapped on every block so
@@ -74,6 +92,7 @@ class Concealer:
         self._env = env.astype(np.float32)
         self._ramp_in = ((np.arange(f, dtype=np.float32) + 1) / (f + 1)).astype(np.float32)
         self._ramp_out = (1.0 - self._ramp_in).astype(np.float32)
+        self._ramp_up = ((np.arange(f, dtype=np.float32) + 1) / f).astype(np.float32)
         self._ext = np.zeros((c, b + f), np.float32)  # concealment for this block + xfade
         self._tmp = np.zeros((c, b + f), np.float32)
         self._delta = np.zeros((c, 1), np.float32)
@@ -102,6 +121,21 @@ class Concealer:
         self._k = np.zeros((c, 1), np.float64)
         self._run = np.zeros((c, p + b + f), np.float64)  # float64: high-order recursion
         self._prod = np.zeros((c, p), np.float64)
+        # waveform match: scores over lags, chosen lags and gains, one loop per tap
+        nm = self.mmax + 1
+        self._mcorr = np.zeros(nm, np.float32)
+        self._menergy = np.zeros(nm, np.float32)
+        self._lags = [0] * MATCH_TAPS
+        self._gains = [0.0] * MATCH_TAPS
+        self._ntaps = 0
+        self._gram = [[0.0] * MATCH_TAPS for _ in range(MATCH_TAPS)]
+        self._loops = np.zeros((MATCH_TAPS, c, h), np.float32)
+        self._loop_lens = [b] * MATCH_TAPS
+        self._fmono = np.zeros(self.fwin, np.float32)
+        self._bwd = np.zeros((c, b), np.float32)
+        self._w_in = ((np.arange(b, dtype=np.float32) + 0.5) / b).astype(np.float32)
+        self._w_out = (1.0 - self._w_in).astype(np.float32)
+        self._joined = False  # the last missing block was interpolated into `after`
 
     # ---------------------------------------------------------------- public API
     @property
@@ -116,7 +150,12 @@ class Concealer:
         """A real block: copy it to `out`, cross-faded in if it ends a concealed run.
         Returns True when it was cross-faded. `block` and `out` may be the same array."""
         faded = self._t > 0
-        if faded:
+        if faded and self._joined:  # the gap was already interpolated into this block
+            if out is not block:
+                np.copyto(out, block)
+            self._t = 0
+            self._joined = False
+        elif faded:
             f = self.xfade
             np.multiply(block[:, :f], self._ramp_in, out=self._tmp[:, :f])
             np.multiply(self._ext[:, self.block:], self._ramp_out, out=self._tmp[:, f:2 * f])
@@ -129,8 +168,11 @@ class Concealer:
         self._push(out)
         return faded
 
-    def missing(self, out: np.ndarray) -> None:
-        """A missing block: write its concealment into `out` [channels, block]."""
+    def missing(self, out: np.ndarray, after: np.ndarray | None = None) -> None:
+        """A missing block: write its concealment into `out` [channels, block].
+
+        `after`, when given, is the real block that immediately follows this one (the
+        caller passes it to good() next); `match` then interpolates the gap into it."""
         b, f = self.block, self.xfade
         if self._t == 0:
             self._start()
@@ -139,6 +181,8 @@ class Concealer:
             self._ext[...] = 0.0
         elif m is Method.LPC:
             self._lpc_run()
+        elif m is Method.MATCH:
+            self._match_read(self._t)
         else:
             self._loop_read(self._t)
         if m is not Method.ZERO:  # the envelope; zero-fill is already silent
@@ -149,8 +193,14 @@ class Concealer:
                 self._delta -= self._ext[:, :1]
             n = min(f, b)
             np.multiply(self._delta, self._ramp_out[:n], out=self._tmp[:, :n])
-            self._ext[:, :n] += self._tmp[:, :n]
-        np.copyto(out, self._ext[:, :b])
+            _rows_iadd(self._ext[:, :n], self._tmp[:, :n])
+        if m is Method.MATCH and after is not None and self._match_back(after):
+            _rows_imul(self._ext[:, :b], self._w_out)
+            _rows_imul(self._bwd, self._w_in)
+            np.add(self._ext[:, :b], self._bwd, out=out)
+            self._joined = True
+        else:
+            np.copyto(out, self._ext[:, :b])
         self._t = min(self._t + b, self.fade_end + 1)
         self.concealed_blocks += 1
         self._push(out)
@@ -176,37 +226,164 @@ class Concealer:
             # whole periods, at least ~5 ms, so a short period does not buzz
             k = max(1, -(-round(0.005 * self.rate) // p))
             self._make_loop(min(p * k, self.hist_len // 2))
+        elif m is Method.MATCH:
+            self._match_fit()
         if m in (Method.REPEAT, Method.PITCH):
             # the loop starts at x[n - L]; its natural predecessor x[n - L - 1] should be
             # the last sample played, x[n - 1]: the offset between them is the step to decay
             L, h = self._loop_len, self.hist_len
             np.subtract(hist[:, -1:], hist[:, h - L - 1:h - L], out=self._delta)
+        elif m is Method.MATCH:  # the same offset for the gain-weighted taps
+            h = self.hist_len
+            np.copyto(self._delta, hist[:, -1:])
+            for k in range(self._ntaps):
+                L, g = self._lags[k], self._gains[k]
+                np.multiply(hist[:, h - L - 1:h - L], g, out=self._tmp[:, :1])
+                self._delta -= self._tmp[:, :1]
         elif m is Method.LPC:
             self._burg()
             p = LPC_ORDER
             np.copyto(self._run[:, :p], hist[:, -p:])
 
-    def _make_loop(self, length: int) -> None:
+    def _make_loop(self, length: int, loop: np.ndarray | None = None) -> None:
         """Loop the last `length` samples; overlap-add its end into the samples that
         preceded its start, so wrapping around is smooth."""
         h, f = self.hist_len, self.xfade  # length >= block >= xfade, length + f <= h
-        hist, loop = self._hist, self._loop
+        hist = self._hist
+        if loop is None:
+            loop = self._loop
+            self._loop_len = length
         np.copyto(loop[:, :length], hist[:, h - length:])
         tail = loop[:, length - f:length]
         _rows_imul(tail, self._ramp_out)
         np.multiply(hist[:, h - length - f:h - length], self._ramp_in, out=self._tmp[:, :f])
-        tail += self._tmp[:, :f]
-        self._loop_len = length
+        _rows_iadd(tail, self._tmp[:, :f])
 
-    def _loop_read(self, t: int) -> None:
-        """ext[:, i] = loop[(t + i) mod L] for i in 0 .. block + xfade."""
-        n, L = self.block + self.xfade, self._loop_len
-        i, pos = 0, t % L
+    def _loop_read(self, t: int, loop: np.ndarray | None = None, length: int = 0,
+                   gain: float = 1.0) -> None:
+        """ext[:, i] (+)= gain * loop[(t + i) mod L] for i in 0 .. block + xfade; without
+        a loop given, ext = self._loop."""
+        n = self.block + self.xfade
+        add = loop is not None
+        if not add:
+            loop, length = self._loop, self._loop_len
+        i, pos = 0, t % length
         while i < n:
-            k = min(L - pos, n - i)
-            np.copyto(self._ext[:, i:i + k], self._loop[:, pos:pos + k])
+            k = min(length - pos, n - i)
+            if add:
+                for ch in range(self.channels):  # row by row: see _rows_iadd
+                    np.multiply(loop[ch, pos:pos + k], gain, out=self._tmp[ch, :k])
+                    np.add(self._ext[ch, i:i + k], self._tmp[ch, :k], out=self._ext[ch, i:i + k])
+            else:
+                np.copyto(self._ext[:, i:i + k], loop[:, pos:pos + k])
             i += k
             pos = 0
+
+    # ---------------------------------------------------------------- waveform match
+    def _scores(self, ref: np.ndarray, first: int, n: int) -> None:
+        """Normalised match of `ref` against mono windows starting at first .. first+n-1
+        (into _menergy[:n], higher is better; window energies floored)."""
+        mono, w = self._mono, ref.shape[0]
+        corr, en = self._mcorr[:n], self._menergy[:n]
+        for j in range(n):  # 1-D dots of views: no array allocated
+            corr[j] = np.dot(mono[first + j:first + j + w], ref)
+        sq = self._sq
+        np.square(mono, out=sq[1:])
+        np.cumsum(sq[1:], out=sq[1:])
+        np.subtract(sq[first + w:first + w + n], sq[first:first + n], out=en)
+        np.maximum(en, 1e-9, out=en)
+        np.sqrt(en, out=en)
+        np.divide(corr, en, out=en)
+
+    def _fit(self, ref: np.ndarray, first: int, n: int, lag_of) -> None:
+        """Choose up to MATCH_TAPS well-separated windows by score and fit their gains to
+        `ref` by ridge least squares; lags and gains into self._lags/_gains."""
+        self._scores(ref, first, n)
+        sc, mono, w = self._menergy[:n], self._mono, ref.shape[0]
+        starts = self._lags  # hold window starts first, converted to lags below
+        rhs = self._gains
+        nt = 0
+        while nt < MATCH_TAPS:
+            j = int(np.argmax(sc))
+            if not sc[j] > 0.0:
+                break
+            starts[nt] = first + j
+            rhs[nt] = float(self._mcorr[j])
+            nt += 1
+            sc[max(0, j - MATCH_SEP):j + MATCH_SEP + 1] = -np.inf
+        self._ntaps = nt
+        if nt == 0:
+            return
+        g = self._gram
+        trace = 0.0
+        for a in range(nt):
+            wa = mono[starts[a]:starts[a] + w]
+            for b2 in range(a, nt):
+                g[a][b2] = g[b2][a] = float(np.dot(wa, mono[starts[b2]:starts[b2] + w]))
+            trace += g[a][a]
+        ridge = MATCH_RIDGE * trace / nt + 1e-12
+        for a in range(nt):
+            g[a][a] += ridge
+        _cholesky_solve(g, rhs, nt)
+        for a in range(nt):
+            starts[a] = lag_of(starts[a])
+
+    def _match_fit(self) -> None:
+        """At a gap's start: taps that predict the history's last mwin samples."""
+        h, w = self.hist_len, self.mwin
+        mono = self._mono
+        np.copyto(mono, self._hist[0])
+        for ch in range(1, self.channels):
+            mono += self._hist[ch]
+        first = h - w - self.mmax  # window start for lag mmax; lag = h - w - start
+        n = self.mmax - self.mmin + 1
+        # ref is the last window itself; the scores never reach it (lag >= mmin > 0)
+        self._fit(mono[h - w:], first, n, lambda s: h - w - s)
+        for k in range(self._ntaps):
+            self._make_loop(self._lags[k], self._loops[k])
+            self._loop_lens[k] = self._lags[k]
+
+    def _match_read(self, t: int) -> None:
+        self._ext[...] = 0.0
+        for k in range(self._ntaps):
+            self._loop_read(t, self._loops[k], self._loop_lens[k], self._gains[k])
+
+    def _match_back(self, after: np.ndarray) -> bool:
+        """Predict this block backwards from the start of `after` into _bwd."""
+        h, b, wf = self.hist_len, self.block, self.fwin
+        mono = self._mono  # the history as it stands (earlier blocks of this gap included)
+        np.copyto(mono, self._hist[0])
+        for ch in range(1, self.channels):
+            mono += self._hist[ch]
+        fm = self._fmono
+        np.copyto(fm, after[0, :wf])
+        for ch in range(1, self.channels):
+            fm += after[ch, :wf]
+        # after starts at h + b (history coordinates); a window at start s has lag
+        # L = h + b - s; it must end inside the history: s <= h - wf; s >= h - mmax - wf
+        first = h - self.mmax - wf
+        n = self.mmax + 1
+        self._fit(fm, first, n, lambda s: s)  # keep window starts
+        if self._ntaps == 0:
+            return False
+        self._bwd[...] = 0.0
+        for k in range(self._ntaps):
+            s = self._lags[k]  # this block is b samples before `after`: hist[s - b, s)
+            for ch in range(self.channels):
+                np.multiply(self._hist[ch, s - b:s], self._gains[k], out=self._tmp[ch, :b])
+                np.add(self._bwd[ch], self._tmp[ch, :b], out=self._bwd[ch])
+        # exit join: the taps' own successor of this block is sum(gain * hist[start]);
+        # ramp in the offset to the real after[0], so the step into `after` is the taps'
+        # natural step
+        f = self.xfade
+        for ch in range(self.channels):
+            nxt = 0.0
+            for k in range(self._ntaps):
+                nxt += self._gains[k] * float(self._hist[ch, self._lags[k]])
+            off = float(after[ch, 0]) - nxt
+            np.multiply(self._ramp_up, off, out=self._tmp[ch, :f])
+            np.add(self._bwd[ch, b - f:], self._tmp[ch, :f], out=self._bwd[ch, b - f:])
+        return True
 
     def _pitch(self) -> int:
         """Period (samples) maximising the normalised correlation of the last pwin
@@ -288,3 +465,30 @@ def _rows_imul(x: np.ndarray, v: np.ndarray) -> None:
             np.multiply(x[i], v, out=x[i])
         else:
             np.multiply(x[i], v[i], out=x[i])
+
+
+def _cholesky_solve(g: list, rhs: list, n: int) -> None:
+    """Solve g x = rhs in place (rhs <- x) for the leading n x n block of a symmetric
+    positive-definite g, in Python floats: n is at most MATCH_TAPS."""
+    for i in range(n):
+        for j in range(i + 1):
+            s = g[i][j]
+            for k in range(j):
+                s -= g[i][k] * g[j][k]
+            g[i][j] = (s ** 0.5 if s > 0 else 1e-12) if i == j else s / g[j][j]
+    for i in range(n):  # L y = rhs
+        s = rhs[i]
+        for k in range(i):
+            s -= g[i][k] * rhs[k]
+        rhs[i] = s / g[i][i]
+    for i in range(n - 1, -1, -1):  # L^T x = y
+        s = rhs[i]
+        for k in range(i + 1, n):
+            s -= g[k][i] * rhs[k]
+        rhs[i] = s / g[i][i]
+
+
+def _rows_iadd(x: np.ndarray, y: np.ndarray) -> None:
+    """x += y row by row (2-D in-place ufuncs on strided views may buffer, i.e. allocate)."""
+    for i in range(x.shape[0]):
+        np.add(x[i], y[i], out=x[i])
