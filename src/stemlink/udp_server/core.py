@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from stemlink.conceal import DEFAULT_METHOD, Concealer
 from stemlink.wire import packets as pk
 from stemlink.wire.auth import handshake_key, session_key
 from stemlink.wire.constants import (
@@ -32,9 +33,11 @@ from stemlink.wire.constants import (
     ByeReason,
     ErrorCode,
     Features,
+    Flags,
     PacketType,
     SampleFormat,
 )
+from stemlink.wire.redundancy import RedundancyDecoder, RedundancyEncoder
 from stemlink.wire.seq import ReplayWindow
 
 log = logging.getLogger("stemlink.server")
@@ -107,7 +110,10 @@ class Session:
     taken: int = 0
     worker_pos: int = 0  # samples the separator has consumed (worker thread only)
     writer: pk.MediaWriter | None = None  # STEM encoder, used by the worker thread only
-    zero_block: np.ndarray | None = None  # silence that conceals gaps (worker thread)
+    zero_block: np.ndarray | None = None  # scratch for a concealed input block (worker thread)
+    concealer: Concealer | None = None  # conceals missing input blocks (worker thread)
+    fec_in: RedundancyDecoder | None = None  # repairs AUDIO from parity (loop thread)
+    fec_out: list[RedundancyEncoder] | None = None  # STEM parity per stem (worker thread)
     closed: bool = False
     counters: Counter = field(default_factory=Counter)
 
@@ -136,7 +142,7 @@ class ServerCore:
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self.secret = secret or secrets.token_bytes(32)
-        self.features = int(Features.NONE)  # optional features this server grants
+        self.features = int(Features.REDUNDANCY)  # optional features this server grants
         self.reorder_ms = 0  # input reorder window (ms), stated in ACCEPT
         self.sessions: dict[int, Session] = {}
         self.by_nonce: dict[tuple[Addr, bytes], Session] = {}
@@ -167,6 +173,10 @@ class ServerCore:
             log.exception("internal error on a datagram from %s (dropped)", _fmt(addr))
 
     def expire(self, now: float) -> list[Session]:
+        for s in self.sessions.values():  # blocks held for a parity that never came
+            if s.fec_in is not None:
+                for h, body in s.fec_in.poll(now):
+                    self._queue_audio(s, h, body, 0)
         gone = [s for s in self.sessions.values() if now - s.last_rx > self.idle_timeout]
         for s in gone:
             self.close(s, "timeout", now, notify=True)
@@ -290,6 +300,12 @@ class ServerCore:
         s.writer = pk.MediaWriter(hello.block_frames, self.channels, hello.format)
         s.zero_block = np.zeros((self.channels, hello.block_frames), np.float32)
         s.stem_seq = [0] * len(self.stems)
+        s.concealer = Concealer(self.channels, hello.block_frames, DEFAULT_METHOD,
+                                self.sample_rate)
+        if hello.features & self.features & Features.REDUNDANCY:
+            s.fec_in = RedundancyDecoder(hello.block_frames, ordered=True)
+            s.fec_out = [RedundancyEncoder(hello.block_frames, s.writer.payload_len)
+                         for _ in self.stems]
         self.sessions[sid] = s
         self.by_nonce[(addr, hello.nonce)] = s
         self.outbox.append((packet, addr))
@@ -321,12 +337,25 @@ class ServerCore:
         elif h.type is PacketType.BYE:
             self.close(s, "bye", now)
         else:
-            self._on_audio(s, h, data)
+            self._on_audio(s, h, data, now)
         return None
 
-    def _on_audio(self, s: Session, h: pk.Header, data: bytes) -> None:
+    def _on_audio(self, s: Session, h: pk.Header, data: bytes, now: float = 0.0) -> None:
         if h.frames != s.block or h.channels != s.channels or h.format != s.format:
             return self._drop_session(s, "media-mismatch")
+        if s.fec_in is not None:  # redundancy: parity repairs single losses; in order
+            if h.timestamp % s.block:
+                return self._drop_session(s, "misaligned-timestamp")
+            for h2, body in s.fec_in.feed(h, pk.payload(data, h), now):
+                self._queue_audio(s, h2, body, 0)
+            return None
+        if h.flags & Flags.REDUNDANT:
+            return self._drop_session(s, "redundancy-not-granted")
+        return self._queue_audio(s, h, data, pk.HEADER_SIZE)
+
+    def _queue_audio(self, s: Session, h: pk.Header, data: bytes | memoryview,
+                     offset: int) -> None:
+        """One input block, in order, to the worker (offset: where its PCM starts)."""
         if h.timestamp % s.block:
             return self._drop_session(s, "misaligned-timestamp")
         if h.timestamp < s.next_ts:
@@ -338,7 +367,7 @@ class ServerCore:
             return self._drop_session(s, "overload", "overload")
         slot = s.ring_pos
         s.ring_pos = (slot + 1) % RING_BLOCKS
-        pk.read_media(data, h, s.ring[slot])
+        pk.read_media(data, h, s.ring[slot], offset)
         s.next_ts = h.timestamp + h.frames
         s.counters["audio"] += 1
         s.queued += 1

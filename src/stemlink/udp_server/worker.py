@@ -17,7 +17,8 @@ from collections.abc import Callable
 import numpy as np
 
 from stemlink.udp_server.core import Addr, Job, Session
-from stemlink.wire.constants import Flags, PacketType
+from stemlink.wire import packets as pk
+from stemlink.wire.constants import HEADER_SIZE, Flags, PacketType
 
 log = logging.getLogger("stemlink.server")
 Send = Callable[[list[bytes], Addr], None]
@@ -67,21 +68,37 @@ class Worker:
         ring, sep = s.ring, s.setup.separator
         if ring is None or sep is None:
             return
-        while s.worker_pos < job.timestamp:  # conceal missing input with silence
+        conc, block = s.concealer, ring[job.slot]
+        while s.worker_pos < job.timestamp:  # conceal missing input (conceal.Concealer)
+            last = s.worker_pos + s.block >= job.timestamp  # interpolate into the job's block
+            conc.missing(s.zero_block, after=block if last else None)
             self._emit(s, sep.process(s.zero_block), s.worker_pos, Flags.CONCEALED,
                        job.sent_ns)
             s.counters["concealed_blocks"] += 1
             s.worker_pos += s.block
-        out = sep.process(ring[job.slot])
+        conc.good(block, block)  # keeps its history; fades in after a gap
+        out = sep.process(block)
         self._emit(s, out, job.timestamp, job.flags, job.sent_ns)
         s.worker_pos = job.timestamp + s.block
 
     def _emit(self, s: Session, out: np.ndarray, ts: int, flags: int, sent_ns: int) -> None:
         datagrams = []
         for k in range(self.n_stems):
-            datagrams.append(s.writer.write(
+            d = s.writer.write(
                 PacketType.STEM, out[k], session=s.id, seq=s.stem_seq[k], timestamp=ts,
-                send_time=sent_ns, key=s.key, stem=k, flags=flags))
+                send_time=sent_ns, key=s.key, stem=k, flags=flags)
+            datagrams.append(d)
             s.stem_seq[k] = (s.stem_seq[k] + 1) & 0xFFFFFFFF
+            if s.fec_out is not None:  # redundancy: a parity datagram after each pair
+                par = s.fec_out[k].add(ts, memoryview(d)[HEADER_SIZE:HEADER_SIZE +
+                                                         s.writer.payload_len],
+                                       bool(flags & Flags.LAST))
+                if par is not None:
+                    pts, body, pflags = par
+                    datagrams.append(pk.encode(pk.Header(
+                        PacketType.STEM, pflags | (flags & Flags.CONCEALED), s.id,
+                        s.stem_seq[k], pts, sent_ns, s.block, s.channels, s.format, k),
+                        body, s.key))
+                    s.stem_seq[k] = (s.stem_seq[k] + 1) & 0xFFFFFFFF
         s.counters["stem_packets"] += len(datagrams)
         self.send(datagrams, s.addr)
