@@ -244,6 +244,45 @@ def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_le
     run_loop(srv.run(install_signals=True))
 
 
+class _JitterParam(click.ParamType):
+    """`auto` (adaptive playout buffer) or a fixed size in milliseconds."""
+
+    name = "auto|MS"
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, float)):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            ms = float(value)
+        except ValueError:
+            self.fail(f"{value!r}: use auto or a number of milliseconds", param, ctx)
+        if not 0 < ms <= 2000:
+            self.fail(f"{value!r}: the buffer must be within (0, 2000] ms", param, ctx)
+        return ms
+
+
+_JITTER = _JitterParam()
+
+
+def _conceal_option(f):
+    from stemlink.conceal import DEFAULT_METHOD, METHODS
+
+    return click.option("--conceal", type=click.Choice(METHODS), default=DEFAULT_METHOD,
+                        show_default=True,
+                        help="How missing stem blocks are filled: faded zero-fill, repeat "
+                             "with cross-fade, pitch-period overlap-add, Burg LPC, or "
+                             "waveform matching (interpolates when the next block is "
+                             "here).")(f)
+
+
+def _redundancy_option(f):
+    return click.option("--redundancy", is_flag=True,
+                        help="Ask for XOR parity over pairs of blocks, both ways (+50 % "
+                             "bytes): any single loss is repaired exactly.")(f)
+
+
 @cli.command()
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.option("--server", default="127.0.0.1:5005", show_default=True, help="HOST:PORT")
@@ -258,17 +297,29 @@ def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_le
 @click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
 @click.option("--synthesis", type=click.Choice(["standard", "asymmetric"]),
               help="Override the preset's synthesis mode for this session.")
+@click.option("--as-heard", is_flag=True,
+              help="Write what a live listener would have heard: blocks later than the "
+                   "playout buffer (--jitter) are concealed, not written late. Default: "
+                   "archival, every block that arrives is written.")
+@click.option("--jitter", "jitter", default="auto", show_default=True, type=_JITTER,
+              help="--as-heard playout buffer: auto (adaptive) or a fixed size in ms.")
+@_conceal_option
+@_redundancy_option
 @_psk_option
 def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block, synthesis,
-         psk) -> None:
+         as_heard, jitter, conceal, redundancy, psk) -> None:
     """Stream a file to a server; write the stems it sends back."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.sender import SendOptions, save_stats, send_file
     from stemlink.udp_client.transport import parse_server
 
+    if as_heard and not realtime:
+        raise click.UsageError("--as-heard needs real-time pacing (drop "
+                               "--as-fast-as-possible)")
     opts = SendOptions(input, parse_server(server), out_dir, preset=preset, realtime=realtime,
                        jitter_ms=jitter_ms, block=int(block), psk=psk.encode(),
-                       synthesis=synthesis)
+                       synthesis=synthesis, as_heard=as_heard, jitter=jitter,
+                       conceal=conceal, redundancy=redundancy)
     rep = run_loop(send_file(opts))
     click.echo(rep.summary() if realtime else rep.summary().replace(
         "end-to-end latency", "(not paced in real time) end-to-end latency"))
