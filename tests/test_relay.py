@@ -365,3 +365,145 @@ def test_send_through_the_relay_loses_exactly_what_the_relay_dropped(tmp_path, m
         got, _ = sf.read(tmp_path / "relay" / f"{name}.wav", always_2d=True, dtype="float32")
         assert got.shape == (n, 2)  # exact length, whatever was lost
         np.testing.assert_array_equal(got.T, want[i, :, d:d + n])
+
+
+# ------------------------------------------------------------------------- TCP mode
+def _stream(imp, chunks: int, size: int, step: float, t0: float = 100.0):
+    out, sent = [], []
+    for i in range(chunks):
+        now = t0 + i * step
+        d = bytes([i % 251]) * size
+        sent.append(d)
+        out += imp.poll(now)
+        out += imp.feed(d, now)
+    t = t0 + chunks * step
+    while imp.deadline() is not None:
+        t = max(t, imp.deadline())
+        out += imp.poll(t)
+    return out, b"".join(sent)
+
+
+def test_tcp_stream_delivers_every_byte_in_order_and_loss_costs_delay():
+    """Same link, same seed, both recovery models: every byte arrives once and in order
+    (TCP hides loss, reordering and duplicates), nothing overtakes a hole, and the holes
+    cost delay: at least the 200 ms RTO each under "rto"; under "linux", on a busy stream,
+    fast retransmit recovers every hole well before any RTO."""
+    from stemlink.bench.relay import TCP_MSS, TCP_RTO_MIN_S, StreamImpairment
+
+    delays = {}
+    for recovery in ("linux", "rto"):
+        imp = StreamImpairment(LinkSpec(loss=0.02, burst=2, jitter_ms=1, reorder=0.1,
+                                        duplicate=0.1), 5, "down", recovery=recovery)
+        out, sent = _stream(imp, 3000, 3000, 0.002)  # 1.5 MB/s, 3 segments every 2 ms
+        assert b"".join(r.data for r in out) == sent
+        assert all(len(r.data) <= TCP_MSS for r in out)
+        t = np.array([r.time for r in out])
+        assert np.all(np.diff(t) >= 0)  # head-of-line: never overtakes
+        assert imp.stats.lost > 50 and imp.retransmissions >= imp.stats.lost
+        assert imp.stats.duplicated == imp.stats.reordered == 0
+        delays[recovery] = t - np.array([r.arrival for r in out])
+        lost = imp.stats.lost
+    rto, linux = delays["rto"], delays["linux"]
+    # every lost segment (and what queues behind it) waits at least the RTO
+    assert np.sum(rto >= TCP_RTO_MIN_S) >= lost
+    assert linux.max() < TCP_RTO_MIN_S / 2
+    assert linux.mean() < rto.mean() / 100
+
+
+def test_tcp_tail_loss_waits_for_the_probe_or_the_timer():
+    from stemlink.bench.relay import TCP_PTO_MIN_S, TCP_RTO_MIN_S, StreamImpairment
+
+    for recovery, floor in (("linux", TCP_PTO_MIN_S), ("rto", TCP_RTO_MIN_S)):
+        imp = StreamImpairment(LinkSpec(loss=0.5), 0, "up", recovery=recovery)
+        t, lost_at = 10.0, None
+        for _ in range(200):  # find a lost segment with nothing behind it
+            rel = imp.feed(b"x", t)
+            if imp.deadline() is not None:
+                lost_at = t
+                break
+            assert rel and rel[0].time == t
+            t += 1.0
+        assert lost_at is not None
+        assert imp.poll(lost_at + floor * 0.99) == []
+        d = imp.deadline()
+        assert d == pytest.approx(lost_at + floor)
+        rel = []
+        while not rel:
+            rel = imp.poll(d)
+            d = imp.deadline() or d
+        assert rel[0].time >= lost_at + floor
+
+
+def test_tcp_outage_stalls_the_stream_until_a_backed_off_retransmission():
+    from stemlink.bench.relay import TCP_RTO_MIN_S, StreamImpairment
+
+    imp = StreamImpairment(LinkSpec(), 0, "up", Outages([Outage(1.0, 1.0)]))
+    out, _ = _stream(imp, 2000, 100, 0.002, t0=0.0)  # 4 s; outage [1, 2) s
+    arr = np.array([r.arrival for r in out])
+    t = np.array([r.time for r in out])
+    # the first segment into the outage is resent at +0.2, +0.6, +1.4 s: 1.4 ≥ 2 - 1
+    first = t[arr >= 1.0][0]
+    assert first == pytest.approx(1.0 + TCP_RTO_MIN_S * (1 + 2 + 4))
+    assert np.all(t[arr >= 1.0][: np.sum((arr >= 1.0) & (arr < first))] == first)
+    assert imp.stats.outage == 500 and len(out) == 2000
+
+
+def test_tcp_relay_end_to_end_bytes_intact(tmp_path):
+    """A TCP echo through the relay's TCP mode (stress profile): every byte back, in
+    order; the summary counts segments and retransmissions."""
+    import threading as th
+
+    from stemlink.loop import run_loop
+
+    ready, stop = th.Event(), None
+    port = [0]
+
+    async def echo_server():
+        nonlocal stop
+        stop = asyncio.Event()
+
+        async def echo(r, w):
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+            w.close()
+
+        srv = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port[0] = srv.sockets[0].getsockname()[1]
+        ready.set()
+        await stop.wait()
+        srv.close()
+
+    loop_thread = th.Thread(target=run_loop, args=(echo_server(),), daemon=True)
+    loop_thread.start()
+    assert ready.wait(10)
+    payload = bytes(range(256)) * 32
+    with Relay(("127.0.0.1", port[0]), make_config("stress", seed=3), tcp=True) as relay:
+        async def client():
+            rd, wr = await asyncio.open_connection(*relay.address)
+            got = bytearray()
+
+            async def reader():
+                while len(got) < 100 * len(payload):
+                    d = await rd.read(65536)
+                    if not d:
+                        break
+                    got.extend(d)
+
+            task = asyncio.create_task(reader())
+            for _ in range(100):
+                wr.write(payload)
+                await wr.drain()
+                await asyncio.sleep(0.005)
+            await asyncio.wait_for(task, 60)
+            wr.close()
+            return bytes(got)
+
+        got = asyncio.run(client())
+    assert got == payload * 100
+    st = relay.stats
+    assert st["up"].lost > 0 and st["down"].lost > 0
+    assert st["up"].sent == st["up"].received  # TCP: every segment is delivered
+    assert "retransmissions" in relay.summary()
+    stop_loop = stop
+    assert stop_loop is not None

@@ -39,6 +39,8 @@ switching one knob on does not change which datagrams another knob picks.
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import heapq
 import itertools
 import math
@@ -335,6 +337,180 @@ class Impairment:
             self.log(now, self.direction, size, action)
 
 
+# ------------------------------------------------------------------------ TCP streams
+TCP_MSS = 1448  # bytes per segment: Ethernet/Wi-Fi MTU 1500 with timestamps
+TCP_RTO_MIN_S = 0.200  # Linux's minimum retransmission timeout (TCP_RTO_MIN)
+TCP_DUPACKS = 3  # later segments that trigger a fast retransmit
+TCP_PTO_MIN_S = 0.010  # floor of the tail-loss-probe timeout in this model
+TCP_RECOVERY = ("linux", "rto")
+
+
+@dataclass
+class _Segment:
+    data: bytes
+    arrival: float
+    ready: float  # arrival + link delay, before head-of-line blocking
+    hole: bool = False  # lost on its first transmission
+    later: int = 0  # segments that arrived after it (each would send a duplicate ACK)
+    rto_at: float = 0.0  # when the retransmission timer fires
+    recovered: float | None = None  # when its retransmission arrives
+
+
+class StreamImpairment:
+    """The same link (one direction) for a TCP byte stream, sans-IO.
+
+    TCP hides loss, reordering and duplication from the application and turns them into
+    delay. The stream is cut into MSS-sized segments; each goes through the same outage,
+    Gilbert–Elliott loss and jitter as a datagram would. A lost segment is retransmitted
+    and everything behind it waits (head-of-line blocking: bytes are released in order):
+
+    - recovery "linux" (default): fast retransmit once TCP_DUPACKS later segments have
+      arrived, or a tail-loss probe TCP_PTO_MIN_S (or 2 RTT, if more) after the last
+      segment when fewer follow; the retransmission arrives one round trip later.
+    - recovery "rto": every loss waits for the retransmission timeout.
+    - A fast retransmission that is lost again is found one probe timeout later (as
+      Linux's RACK/TLP would, while data flows). A timer-driven retransmission that is lost
+      again, and every segment sent into an outage, waits for the retransmission timeout
+      (at least TCP_RTO_MIN_S = 200 ms), doubling on each further failure (exponential
+      backoff), timed from the first lost transmission.
+
+    Reordering and duplication cost nothing visible on TCP (the receiver's stack puts
+    segments back in order and discards copies), so those knobs are ignored here.
+    Congestion control (the window shrinking after a loss) is not modelled: this is a
+    lower bound on what a loss costs a TCP stream.
+    """
+
+    def __init__(self, spec: LinkSpec, seed: int, direction: str,
+                 outages: Outages | None = None, recovery: str = "linux",
+                 rto_s: float = TCP_RTO_MIN_S, log: Logger | None = None) -> None:
+        if recovery not in TCP_RECOVERY:
+            raise RelayError(f"TCP recovery {recovery!r}: choose from {TCP_RECOVERY}")
+        self.link = Impairment(replace(spec, reorder=0.0, duplicate=0.0), seed, direction,
+                               outages, None)
+        self.recovery, self.rto = recovery, max(rto_s, TCP_RTO_MIN_S)
+        self.direction, self.log = direction, log
+        self.stats = self.link.stats  # segments, not datagrams
+        # A retransmission leaves a round trip or more after the burst that took the
+        # original, so it is lost with the stationary rate, from its own stream.
+        rseq = np.random.SeedSequence([seed & 0xFFFFFFFF, DIRECTIONS.index(direction), 99])
+        self._u_retx = _Uniforms(rseq)
+        self.retransmissions = 0
+        self._queue: list[_Segment] = []  # segments waiting behind a hole, in order
+        self._last_release = -math.inf
+        self._last_arrival = -math.inf
+        one_way_ms = spec.delay_ms + spec.jitter_ms / 2
+        self.pto = max(TCP_PTO_MIN_S, 4 * one_way_ms / 1000)  # 2 × RTT
+
+    def feed(self, data: bytes, now: float) -> list[Release]:
+        for i in range(0, len(data), TCP_MSS):
+            self._segment(data[i:i + TCP_MSS], now)
+        self._last_arrival = now
+        return self._drain(now)
+
+    def deadline(self) -> float | None:
+        t = [h.rto_at for h in self._holes()]
+        if self.recovery == "linux" and any(0 <= h.later < TCP_DUPACKS
+                                            for h in self._holes()):
+            t.append(self._last_arrival + self.pto)
+        return min(t) if t else None
+
+    def poll(self, now: float) -> list[Release]:
+        for h in self._holes():
+            if h.rto_at <= now and (self.recovery == "rto" or h.later < 0
+                                    or h.rto_at <= self._last_arrival + self.pto):
+                self._retransmit(h, h.rto_at, by_timer=True)
+            elif (self.recovery == "linux" and h.later >= 0
+                  and now >= self._last_arrival + self.pto):
+                # tail-loss probe: the receiver's answer reports the hole
+                self._retransmit(h, self._last_arrival + self.pto)
+            elif now >= h.rto_at:
+                self._retransmit(h, h.rto_at, by_timer=True)
+        return self._drain(now)
+
+    # -- the pieces
+    def _holes(self) -> list[_Segment]:
+        return [s for s in self._queue if s.hole and s.recovered is None]
+
+    def _segment(self, data: bytes, now: float) -> None:
+        link, st = self.link, self.stats
+        st.received += 1
+        if link.outages.active(now):
+            st.outage += 1
+            seg = _Segment(data, now, now, hole=True, rto_at=now + self.rto)
+            self._backoff_past_outage(seg)
+            self._say(now, len(data), "outage")
+        elif link._lost():
+            st.lost += 1
+            seg = _Segment(data, now, now, hole=True, rto_at=now + self.rto)
+            self._say(now, len(data), "drop")
+        else:
+            seg = _Segment(data, now, now + link._delay_s())
+            for h in self._holes():  # each segment that arrives is a duplicate ACK
+                h.later += 1
+                if self.recovery == "linux" and h.later == TCP_DUPACKS:
+                    self._retransmit(h, now)
+        self._queue.append(seg)
+
+    def _backoff_past_outage(self, seg: _Segment) -> None:
+        """Retransmissions at RTO, 2·RTO, 4·RTO … until one falls outside every outage.
+        The timer is the connection's: a segment sent while an earlier one is already
+        backing off goes out with it, once that one is acknowledged (go-back-N)."""
+        for h in self._holes():
+            if h.later < 0:
+                seg.rto_at, seg.later = h.rto_at, h.later
+                return
+        wait, t = self.rto, seg.arrival + self.rto
+        while self.link.outages.active(t):
+            wait *= 2
+            t += wait
+        seg.rto_at = t
+        seg.later = -(1 << 30)  # no ACK comes back through an outage: only the timer helps
+
+    def _retransmit(self, h: _Segment, when: float, by_timer: bool = False) -> None:
+        """Resend hole `h`, triggered at `when` (by duplicate ACKs or a probe, which must
+        first travel back to the sender, or by its timer). A retransmission can be lost
+        too: after a timer-driven one the timer fires again, its timeout doubled; after a
+        fast retransmit ("linux"), recent-ACK loss detection (RACK) or the probe finds it
+        again one probe timeout later."""
+        depart = when if by_timer else when + self.link._delay_s()
+        fast = self.recovery == "linux" and not by_timer
+        wait = self.pto if fast else 2 * self.rto
+        self.retransmissions += 1
+        while self._u_retx() < self.link.spec.loss:
+            depart += wait
+            if not fast:
+                wait *= 2
+            self.retransmissions += 1
+        h.recovered = depart + self.link._delay_s()
+
+    def _drain(self, now: float) -> list[Release]:
+        out = []
+        while self._queue:
+            s = self._queue[0]
+            if s.hole and s.recovered is None:
+                break
+            self._queue.pop(0)
+            ready = s.recovered if s.hole else s.ready
+            t = max(ready, self._last_release)
+            self._last_release = t
+            added = 1000 * (t - s.arrival)
+            st = self.stats
+            st.delayed += 1
+            st.delay_sum_ms += added
+            st.delay_max_ms = max(st.delay_max_ms, added)
+            if not s.hole:
+                self._say(s.arrival, len(s.data), f"delay {added:.3f}ms" if added > 0
+                          else "pass")
+            else:
+                self._say(s.arrival, len(s.data), f"retransmitted delay {added:.3f}ms")
+            out.append(Release(t, s.data, s.arrival))
+        return out
+
+    def _say(self, now: float, size: int, action: str) -> None:
+        if self.log is not None:
+            self.log(now, self.direction, size, action)
+
+
 # ------------------------------------------------------------------------ configuration
 @dataclass
 class RelayConfig:
@@ -597,6 +773,170 @@ class UdpRelay:
         self._flush(time.monotonic())
 
 
+class TcpRelay:
+    """The TCP mode: a proxy that accepts connections on `listen`, opens one to `to` for
+    each, and moves each direction's bytes through a `StreamImpairment` (one per
+    connection and direction; all share the outage clock)."""
+
+    READ_BYTES = 1 << 16
+
+    def __init__(self, config: RelayConfig, listen: tuple[str, int], to: tuple[str, int],
+                 log_path: str | Path | None = None, recovery: str = "linux") -> None:
+        if recovery not in TCP_RECOVERY:
+            raise RelayError(f"TCP recovery {recovery!r}: choose from {TCP_RECOVERY}")
+        self.config, self.to, self.recovery = config, to, recovery
+        try:
+            family = socket.getaddrinfo(listen[0], listen[1], type=socket.SOCK_STREAM)[0][0]
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(listen)
+            self.sock.listen(64)
+            self.sock.setblocking(False)
+        except OSError as e:
+            raise RelayError(f"cannot listen on {listen[0]}:{listen[1]}: "
+                             f"{e.strerror or e}") from None
+        self.address = self.sock.getsockname()[:2]
+        self.t0 = time.monotonic()
+        self._log = _LogFile(log_path, self.t0) if log_path else None
+        self.outages = Outages(config.outages)
+        self.links: list[dict[str, StreamImpairment]] = []
+        self.refused = 0
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.ready = threading.Event()
+
+    @property
+    def stats(self) -> dict[str, DirectionStats]:
+        """Summed over connections (in segments of at most TCP_MSS bytes)."""
+        out = {}
+        for d in DIRECTIONS:
+            total = DirectionStats()
+            for link in self.links:
+                for f in dataclasses.fields(DirectionStats):
+                    a, b = getattr(total, f.name), getattr(link[d].stats, f.name)
+                    setattr(total, f.name, max(a, b) if f.name.endswith("max_ms") else a + b)
+            out[d] = total
+        return out
+
+    def retransmissions(self) -> dict[str, int]:
+        return {d: sum(link[d].retransmissions for link in self.links) for d in DIRECTIONS}
+
+    def summary(self) -> str:
+        rt = self.retransmissions()
+        lines = [f"tcp relay {self.address[0]}:{self.address[1]} -> {self.to[0]}:{self.to[1]}, "
+                 f"{self.config.describe()} (reorder/duplicate do not apply to TCP), recovery "
+                 f"{self.recovery}; {len(self.links)} connection(s), {self.refused} refused"]
+        lines += [f"{d:>4}: segments {s.describe()}, retransmissions {rt[d]}"
+                  for d, s in self.stats.items()]
+        return "\n".join(lines)
+
+    async def run(self, install_signals: bool = False, seconds: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop, self._stop = loop, asyncio.Event()
+        server = await asyncio.start_server(self._accept, sock=self.sock)
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._stop.set)
+        self.ready.set()
+        try:
+            if seconds is None:
+                await self._stop.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), seconds)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            server.close()
+            for t in list(self._tasks):
+                t.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._log is not None:
+                self._log.close()
+
+    def stop(self) -> None:
+        """Thread-safe."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def _accept(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            try:
+                up_r, up_w = await asyncio.open_connection(self.to[0], self.to[1])
+            except OSError:
+                self.refused += 1
+                writer.close()
+                return
+            n = len(self.links)
+            seed = (self.config.seed * 1_000_003 + n) & 0xFFFFFFFF  # per connection
+            link = {"up": StreamImpairment(self.config.up, seed, "up", self.outages,
+                                           self.recovery, log=self._log),
+                    "down": StreamImpairment(self.config.down, seed, "down", self.outages,
+                                             self.recovery, log=self._log)}
+            self.links.append(link)
+            await asyncio.gather(self._pump(reader, up_w, link["up"]),
+                                 self._pump(up_r, writer, link["down"]),
+                                 return_exceptions=True)
+            for w in (writer, up_w):
+                w.close()
+        except asyncio.CancelledError:
+            writer.close()  # the relay is stopping: end quietly
+        finally:
+            self._tasks.discard(task)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    imp: StreamImpairment) -> None:
+        pending: collections.deque[Release] = collections.deque()
+        read: asyncio.Future | None = asyncio.ensure_future(reader.read(self.READ_BYTES))
+        st = imp.stats
+        try:
+            while True:
+                now = time.monotonic()
+                pending.extend(imp.poll(now))
+                while pending and pending[0].time <= now + TIMER_SLACK_S:
+                    r = pending.popleft()
+                    writer.write(r.data)
+                    st.sent += 1
+                    waited = 1000.0 * (time.monotonic() - r.arrival)
+                    st.measured_n += 1
+                    st.measured_sum_ms += waited
+                    st.measured_max_ms = max(st.measured_max_ms, waited)
+                await writer.drain()
+                due = [t for t in (pending[0].time if pending else None, imp.deadline())
+                       if t is not None]
+                timeout = max(0.0, min(due) - time.monotonic()) if due else None
+                if read is None:  # the sender closed: deliver what is held, then close
+                    if timeout is None:
+                        break
+                    await asyncio.sleep(timeout)
+                    continue
+                done, _ = await asyncio.wait({read}, timeout=timeout)
+                if read in done:
+                    try:
+                        data = read.result()
+                    except OSError:
+                        data = b""
+                    if data:
+                        pending.extend(imp.feed(data, time.monotonic()))
+                        read = asyncio.ensure_future(reader.read(self.READ_BYTES))
+                    else:
+                        read = None
+        finally:
+            if read is not None:
+                read.cancel()
+            try:
+                if writer.can_write_eof():
+                    writer.write_eof()
+            except OSError:
+                pass
+
+
 class Relay:
     """A `UdpRelay` on its own thread and event loop, for tests and benchmarks:
 
@@ -607,10 +947,13 @@ class Relay:
 
     def __init__(self, to: tuple[str, int], config: RelayConfig | None = None,
                  listen: tuple[str, int] = ("127.0.0.1", 0), log_path: str | Path | None = None,
-                 tap: Tap | None = None) -> None:
+                 tap: Tap | None = None, tcp: bool = False,
+                 tcp_recovery: str = "linux") -> None:
         from stemlink.loop import run_loop
 
-        self.relay = UdpRelay(config or RelayConfig(), listen, to, log_path, tap)
+        self.relay: UdpRelay | TcpRelay = (
+            TcpRelay(config or RelayConfig(), listen, to, log_path, tcp_recovery) if tcp
+            else UdpRelay(config or RelayConfig(), listen, to, log_path, tap))
         self._thread = threading.Thread(target=run_loop, args=(self.relay.run(),),
                                         name="stemlink-relay", daemon=True)
 
@@ -636,17 +979,37 @@ class Relay:
         self._thread.join(10)
 
 
+def stats_json(config: RelayConfig, stats: dict[str, DirectionStats]) -> dict:
+    return {"config": {"profile": config.profile, "seed": config.seed,
+                       "up": asdict(config.up), "down": asdict(config.down),
+                       "outages": [asdict(o) for o in config.outages],
+                       "describe": config.describe()},
+            **{d: s.as_dict() for d, s in stats.items()}}
+
+
 def run_relay(config: RelayConfig, listen: tuple[str, int], to: tuple[str, int],
-              log_path: str | None, seconds: float | None,
-              say: Callable[[str], None]) -> UdpRelay:
+              log_path: str | None, seconds: float | None, say: Callable[[str], None],
+              stats_path: str | None = None, tcp: bool = False,
+              tcp_recovery: str = "linux") -> UdpRelay | TcpRelay:
     """The `stemlink relay` command: run until SIGINT/SIGTERM (or `seconds`)."""
+    import json
+
     from stemlink.loop import run_loop
 
-    relay = UdpRelay(config, listen, to, log_path)
-    say(f"stemlink relay listening on {relay.address[0]}:{relay.address[1]}, forwarding to "
+    relay: UdpRelay | TcpRelay = (TcpRelay(config, listen, to, log_path, tcp_recovery) if tcp
+                                  else UdpRelay(config, listen, to, log_path))
+    say(f"stemlink relay listening on {relay.address[0]}:{relay.address[1]}"
+        f"{' (TCP, recovery ' + tcp_recovery + ')' if tcp else ''}, forwarding to "
         f"{to[0]}:{to[1]}; {config.describe()}")
     try:
         run_loop(relay.run(install_signals=True, seconds=seconds))
     finally:
         say(relay.summary())
+        if stats_path:
+            js = stats_json(config, relay.stats)
+            js["mode"] = "tcp" if tcp else "udp"
+            if isinstance(relay, TcpRelay):
+                js["tcp"] = {"recovery": tcp_recovery, "connections": len(relay.links),
+                             "retransmissions": relay.retransmissions()}
+            Path(stats_path).write_text(json.dumps(js) + "\n")
     return relay
