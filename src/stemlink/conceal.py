@@ -13,7 +13,7 @@ float32 in order. Each block is either real (`good(block, out)`) or missing
 - ``lpc``    Burg linear prediction (order 32) per channel, run forward as an all-pole
   filter (JackTrip's PLC idea).
 - ``match``  waveform matching, long-term prediction with several taps: the lags (up to
-  40 ms) whose past best matches the last 11.6 ms are combined with least-squares gains
+  80 ms) whose past best matches the last 11.6 ms are combined with least-squares gains
   (ridge-shrunk, so a poor match conceals quietly rather than wrongly). When the caller
   already holds the real block that follows the gap (`missing(out, after=...)`: a jitter
   buffer with a block in hand, a server whose next block has arrived), a second match
@@ -43,8 +43,8 @@ PITCH_WIN_S = 0.008  # correlation window for the pitch search
 LPC_ORDER = 32
 LPC_WIN = 1024  # samples the Burg fit sees
 MATCH_WIN_S = 0.0116  # context window the waveform match fits (512 samples at 44.1 kHz)
-MATCH_MAX_S = 0.040  # longest lag searched
-MATCH_TAPS = 8  # lags combined by least squares
+MATCH_MAX_S = 0.080  # longest lag searched
+MATCH_TAPS = 16  # lags combined by least squares
 MATCH_SEP = 16  # samples between chosen lags
 MATCH_RIDGE = 0.3  # ridge on the least-squares fit, relative to the mean tap energy
 
@@ -125,12 +125,13 @@ class Concealer:
         nm = self.mmax + 1
         self._mcorr = np.zeros(nm, np.float32)
         self._menergy = np.zeros(nm, np.float32)
-        self._lags = [0] * MATCH_TAPS
-        self._gains = [0.0] * MATCH_TAPS
+        # numpy, not lists: a list would keep the Python numbers each fit creates
+        self._lags = np.zeros(MATCH_TAPS, np.int64)
+        self._gains = np.zeros(MATCH_TAPS, np.float64)
         self._ntaps = 0
-        self._gram = [[0.0] * MATCH_TAPS for _ in range(MATCH_TAPS)]
+        self._gram = np.zeros((MATCH_TAPS, MATCH_TAPS), np.float64)
         self._loops = np.zeros((MATCH_TAPS, c, h), np.float32)
-        self._loop_lens = [b] * MATCH_TAPS
+        self._loop_lens = np.full(MATCH_TAPS, b, np.int64)
         self._fmono = np.zeros(self.fwin, np.float32)
         self._bwd = np.zeros((c, b), np.float32)
         self._w_in = ((np.arange(b, dtype=np.float32) + 0.5) / b).astype(np.float32)
@@ -237,7 +238,7 @@ class Concealer:
             h = self.hist_len
             np.copyto(self._delta, hist[:, -1:])
             for k in range(self._ntaps):
-                L, g = self._lags[k], self._gains[k]
+                L, g = int(self._lags[k]), float(self._gains[k])
                 np.multiply(hist[:, h - L - 1:h - L], g, out=self._tmp[:, :1])
                 self._delta -= self._tmp[:, :1]
         elif m is Method.LPC:
@@ -319,11 +320,11 @@ class Concealer:
         for a in range(nt):
             wa = mono[starts[a]:starts[a] + w]
             for b2 in range(a, nt):
-                g[a][b2] = g[b2][a] = float(np.dot(wa, mono[starts[b2]:starts[b2] + w]))
-            trace += g[a][a]
+                g[a, b2] = g[b2, a] = np.dot(wa, mono[starts[b2]:starts[b2] + w])
+            trace += g[a, a]
         ridge = MATCH_RIDGE * trace / nt + 1e-12
         for a in range(nt):
-            g[a][a] += ridge
+            g[a, a] += ridge
         _cholesky_solve(g, rhs, nt)
         for a in range(nt):
             starts[a] = lag_of(starts[a])
@@ -340,13 +341,13 @@ class Concealer:
         # ref is the last window itself; the scores never reach it (lag >= mmin > 0)
         self._fit(mono[h - w:], first, n, lambda s: h - w - s)
         for k in range(self._ntaps):
-            self._make_loop(self._lags[k], self._loops[k])
+            self._make_loop(int(self._lags[k]), self._loops[k])
             self._loop_lens[k] = self._lags[k]
 
     def _match_read(self, t: int) -> None:
         self._ext[...] = 0.0
         for k in range(self._ntaps):
-            self._loop_read(t, self._loops[k], self._loop_lens[k], self._gains[k])
+            self._loop_read(t, self._loops[k], int(self._loop_lens[k]), float(self._gains[k]))
 
     def _match_back(self, after: np.ndarray) -> bool:
         """Predict this block backwards from the start of `after` into _bwd."""
@@ -368,9 +369,9 @@ class Concealer:
             return False
         self._bwd[...] = 0.0
         for k in range(self._ntaps):
-            s = self._lags[k]  # this block is b samples before `after`: hist[s - b, s)
+            s = int(self._lags[k])  # this block is b samples before `after`: hist[s - b, s)
             for ch in range(self.channels):
-                np.multiply(self._hist[ch, s - b:s], self._gains[k], out=self._tmp[ch, :b])
+                np.multiply(self._hist[ch, s - b:s], float(self._gains[k]), out=self._tmp[ch, :b])
                 np.add(self._bwd[ch], self._tmp[ch, :b], out=self._bwd[ch])
         # exit join: the taps' own successor of this block is sum(gain * hist[start]);
         # ramp in the offset to the real after[0], so the step into `after` is the taps'
@@ -379,7 +380,7 @@ class Concealer:
         for ch in range(self.channels):
             nxt = 0.0
             for k in range(self._ntaps):
-                nxt += self._gains[k] * float(self._hist[ch, self._lags[k]])
+                nxt += float(self._gains[k]) * float(self._hist[ch, int(self._lags[k])])
             off = float(after[ch, 0]) - nxt
             np.multiply(self._ramp_up, off, out=self._tmp[ch, :f])
             np.add(self._bwd[ch, b - f:], self._tmp[ch, :f], out=self._bwd[ch, b - f:])
@@ -467,25 +468,25 @@ def _rows_imul(x: np.ndarray, v: np.ndarray) -> None:
             np.multiply(x[i], v[i], out=x[i])
 
 
-def _cholesky_solve(g: list, rhs: list, n: int) -> None:
+def _cholesky_solve(g: np.ndarray, rhs: np.ndarray, n: int) -> None:
     """Solve g x = rhs in place (rhs <- x) for the leading n x n block of a symmetric
     positive-definite g, in Python floats: n is at most MATCH_TAPS."""
     for i in range(n):
         for j in range(i + 1):
-            s = g[i][j]
+            s = float(g[i, j])
             for k in range(j):
-                s -= g[i][k] * g[j][k]
-            g[i][j] = (s ** 0.5 if s > 0 else 1e-12) if i == j else s / g[j][j]
+                s -= float(g[i, k]) * float(g[j, k])
+            g[i, j] = (s ** 0.5 if s > 0 else 1e-12) if i == j else s / float(g[j, j])
     for i in range(n):  # L y = rhs
-        s = rhs[i]
+        s = float(rhs[i])
         for k in range(i):
-            s -= g[i][k] * rhs[k]
-        rhs[i] = s / g[i][i]
+            s -= float(g[i, k]) * float(rhs[k])
+        rhs[i] = s / float(g[i, i])
     for i in range(n - 1, -1, -1):  # L^T x = y
-        s = rhs[i]
+        s = float(rhs[i])
         for k in range(i + 1, n):
-            s -= g[k][i] * rhs[k]
-        rhs[i] = s / g[i][i]
+            s -= float(g[k, i]) * float(rhs[k])
+        rhs[i] = s / float(g[i, i])
 
 
 def _rows_iadd(x: np.ndarray, y: np.ndarray) -> None:

@@ -16,6 +16,7 @@ from stemlink.conceal import DEFAULT_METHOD, Concealer
 from stemlink.percentiles import summarize
 from stemlink.udp_client.core import ClientCore, Pong, StemBlock
 from stemlink.udp_client.jitter import JitterBuffer, JitterConfig
+from stemlink.udp_client.mixrepair import MixtureRepair
 from stemlink.udp_client.transport import connect
 from stemlink.wire import packets as pk
 from stemlink.wire.constants import PRESET_NAMES, Features, Flags, SampleFormat
@@ -43,6 +44,7 @@ class SendOptions:
     redundancy: bool = False  # ask for XOR parity both ways (wire.redundancy)
     conceal: str = DEFAULT_METHOD  # how missing stem blocks are filled
     as_heard: bool = False  # write what a live listener would have heard
+    mix_repair: bool = True  # repair stems from the mixture sent (udp_client.mixrepair)
     jitter: float | None = None  # as-heard playout policy: None = adaptive, else fixed ms
 
 
@@ -76,6 +78,7 @@ class SendReport:
     recovered: int = 0  # stem blocks repaired from redundancy
     missing: int = 0  # stem blocks written from concealment (archival: never arrived)
     playout: dict = field(default_factory=dict)  # as-heard: the jitter buffer's stats
+    repair: dict = field(default_factory=dict)  # mixture repair: enabled, residual, count
     cpu_percent: float = 0.0  # client process CPU over the run, % of one core
     cpu_ms_per_block: float = 0.0  # client CPU per block sent (all its stems included)
 
@@ -130,7 +133,10 @@ async def send_file(opts: SendOptions) -> SendReport:
     finally:
         proto.transport.close()
     cpu_s = time.process_time() - cpu0  # the streaming itself (file I/O outside)
-    playout = (_as_heard(state, acc, opts) if opts.as_heard else _conceal_missing(state, opts))
+    mix = output_mixture(padded, d, state.stems.shape[2]) if opts.mix_repair else None
+    state.delay = d
+    playout = (_as_heard(state, acc, opts) if opts.as_heard else
+               _conceal_missing(state, opts, mix))
     stems = state.stems[:, :, d:d + n]
     stems = np.stack([aio.resample(s, acc.sample_rate, file_sr, length=n_file) for s in stems])
     stems = aio.from_channels(stems, file_ch)
@@ -145,6 +151,7 @@ async def send_file(opts: SendOptions) -> SendReport:
     rep.conceal, rep.redundancy = opts.conceal, core.redundancy
     rep.recovered = core.counters["recovered"]
     rep.missing = state.missing
+    rep.repair = {k: playout.pop(k) for k in list(playout) if k.startswith("mix_")}
     rep.playout = playout
     rep.cpu_percent = 100 * cpu_s / max(state.seconds, 1e-9)
     rep.cpu_ms_per_block = 1000 * cpu_s / max(state.sent, 1)
@@ -155,9 +162,17 @@ async def send_file(opts: SendOptions) -> SendReport:
     return rep
 
 
-def _conceal_missing(state: _Receiver, opts: SendOptions) -> dict:
+def output_mixture(padded: np.ndarray, delay: int, total: int) -> np.ndarray:
+    """The input as the stems' timeline sees it: output sample i <- input sample i - D."""
+    mix = np.zeros((padded.shape[0], total), np.float32)
+    mix[:, delay:] = padded[:, :total - delay]
+    return mix
+
+
+def _conceal_missing(state: _Receiver, opts: SendOptions, mix: np.ndarray | None) -> dict:
     """Archival: every block that arrived is written; the others are concealed, each
-    interpolated into the next block when that one arrived."""
+    interpolated into the next block when that one arrived; then, where the stems are
+    known to add up to the mixture, repaired from it (udp_client.mixrepair)."""
     have = ~np.isnan(state.arrival_ns)
     n_stems, nblocks = have.shape
     b = state.b
@@ -172,7 +187,30 @@ def _conceal_missing(state: _Receiver, opts: SendOptions) -> dict:
                 conc.missing(blk, after=state.stems[s, :, (k + 1) * b:(k + 2) * b]
                              if nxt else None)
                 state.missing += 1
-    return {}
+    if mix is None:
+        return {}
+    mr = MixtureRepair(n_stems, state.stems.shape[1], b)
+    d = state.delay
+    suspect = np.zeros(nblocks, bool)  # output blocks touched by a concealed input
+    for ts in state.concealed_in:
+        for k in ((ts + d) // b, (ts + d + b - 1) // b):
+            if k < nblocks:
+                suspect[k] = True
+    for k in range(nblocks):
+        if have[:, k].all() and not suspect[k]:
+            mr.observe(state.stems[:, :, k * b:(k + 1) * b], mix[:, k * b:(k + 1) * b])
+            if mr.observed >= 64:
+                break
+    for ts in sorted(state.concealed_in):  # input the server concealed: share the error
+        lo = ts + d
+        if lo + b <= state.stems.shape[2]:
+            mr.repair(state.stems[:, :, lo:lo + b], None, mix[:, lo:lo + b])
+    for k in range(nblocks):  # stem blocks lost on the way down: the mixture's remainder
+        if not have[:, k].all():
+            sl = slice(k * b, (k + 1) * b)
+            mr.repair(state.stems[:, :, sl], have[:, k], mix[:, sl])
+    return {"mix_repair": mr.enabled, "mix_residual_db": 10 * np.log10(max(mr.ratio, 1e-12)),
+            "mix_repaired": mr.repaired}
 
 
 def _as_heard(state: _Receiver, acc, opts: SendOptions) -> dict:
@@ -261,6 +299,8 @@ class _Receiver:
         self.last_rx = 0.0
         self.seconds = 0.0
         self.missing = 0
+        self.concealed_in: set[int] = set()
+        self.delay = 0
         self.t0_ns = 0
         self.sample_rate = 0
 
@@ -273,11 +313,14 @@ class _Receiver:
         self._per_block = np.zeros(nblocks, np.int32)
         self._n_stems = n_stems
         self._complete = 0
+        self._highest = 0  # 1 + the highest block index received in any stem
 
     def complete_upto(self) -> int:
+        """Blocks done: complete in every stem, or passed by a later block (a lost stem
+        block must not stall the unpaced sender)."""
         while self._complete < self.nblocks and self._per_block[self._complete] >= self._n_stems:
             self._complete += 1
-        return self._complete
+        return max(self._complete, self._highest)
 
     def on_event(self, ev) -> None:
         if isinstance(ev, StemBlock):
@@ -293,10 +336,12 @@ class _Receiver:
             pk.read_media(ev.data, h, self.stems[h.stem, :, h.timestamp:h.timestamp + self.b])
             self.arrival_ns[h.stem, k] = time.monotonic_ns()
             self._per_block[k] += 1
+            self._highest = max(self._highest, k + 1 - 2)  # 2: leeway for reordering
             self.received += 1
             self.last_rx = time.monotonic()
             if h.flags & Flags.CONCEALED:
                 self.concealed += 1
+                self.concealed_in.add(h.timestamp)  # the server concealed this input
         elif isinstance(ev, Pong):
             self.rtt_ns.append(ev.rtt_ns)
 
