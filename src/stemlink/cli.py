@@ -498,10 +498,16 @@ def relay(listen, to, profile, loss, burst, jitter_ms, delay_ms, reorder, duplic
 @click.option("--send-opt", "send_opts", multiple=True, metavar="KEY=VALUE",
               help="Pass an option to every `send` client (a SendOptions field, e.g. "
                    "jitter_ms=80). Repeatable.")
+@click.option("--conceal-sweep", "sweep", default=None, metavar="M1,M2,...",
+              help="Also replay each impaired run's arrivals under these concealment "
+                   "methods (or 'all'), archival and as-heard: loss.md and loss.png.")
+@click.option("--compare-redundancy", is_flag=True,
+              help="Run every impaired setting twice: without and with --redundancy.")
 @click.option("--out", "out_dir", default="out/bench-network", show_default=True,
               type=click.Path(file_okay=False))
 def bench_network_cmd(model, backend, audio, seconds, profiles, specs, losses, burst, outages,
-                      clients, preset, seed, sdr_from, send_opts, out_dir) -> None:
+                      clients, preset, seed, sdr_from, send_opts, sweep, compare_redundancy,
+                      out_dir) -> None:
     """The server through the impairment relay: lost/late/concealed blocks, end-to-end
     latency, SDR against an undisturbed run, server CPU and counters, per run."""
     import shlex
@@ -523,12 +529,26 @@ def bench_network_cmd(model, backend, audio, seconds, profiles, specs, losses, b
     if not (profiles or specs or losses or outages):
         raise StemlinkError("nothing to compare with the reference: give --profile, "
                             "--relay, --loss or --outage")
+    methods = None
+    if sweep:
+        from stemlink.conceal import METHODS
+
+        methods = list(METHODS) if sweep == "all" else [m.strip() for m in sweep.split(",")]
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            raise StemlinkError(f"--conceal-sweep: unknown method(s) {', '.join(bad)}; "
+                                f"known: {', '.join(METHODS)}")
     click.echo("command: stemlink " + shlex.join(sys.argv[1:]), err=True)
     r = bench_network(model, audio, seconds, list(profiles), list(specs), list(losses), burst,
                       list(outages), clients, preset, backend, seed, sdr_from,
                       parse_send_opts(list(send_opts)), Path(out_dir),
-                      say=lambda s: click.echo(s, err=True))
+                      say=lambda s: click.echo(s, err=True), sweep=methods,
+                      compare_redundancy=compare_redundancy)
     click.echo(render(r))
+    if methods:
+        from stemlink.bench.network import render_sweep
+
+        click.echo("\n" + render_sweep(r))
     click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
 
 

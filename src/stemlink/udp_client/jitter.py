@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from stemlink.conceal import DEFAULT_METHOD, Concealer
+from stemlink.udp_client.mixrepair import MixtureRepair
+from stemlink.wire.constants import Flags
 
 HIST_BIN_S = 0.0005  # arrival-delay histogram resolution
 
@@ -79,7 +81,10 @@ class JitterBuffer:
     def __init__(self, n_stems: int, channels: int, block: int, rate: int,
                  config: JitterConfig | None = None, capacity: int = 256,
                  conceal: str = DEFAULT_METHOD, max_pop: int = 8192,
-                 tap: np.ndarray | None = None) -> None:
+                 tap: np.ndarray | None = None, mixture=None, delay: int = 0) -> None:
+        """mixture: an object with `segment(ts, n) -> array [C, n] | None`, the input the
+        client sent on the stems' timeline (output sample i <- input sample i - delay):
+        enables udp_client.mixrepair; delay: the server's D, for CONCEALED input flags."""
         self.cfg = config or JitterConfig()
         if not 4 <= capacity:
             raise ValueError("capacity must be at least 4 blocks")
@@ -101,6 +106,10 @@ class JitterBuffer:
         self._xf = min(b // 4, 64)  # cut cross-fade
         self._ramp = ((np.arange(self._xf, dtype=np.float32) + 0.5) / self._xf)
         self.tap = tap  # [n_stems, C, total]: what was played, by media position
+        self.mixture, self.delay = mixture, delay
+        self.repair = MixtureRepair(n_stems, channels, b) if mixture is not None else None
+        self._suspect = np.full(64, -1, np.int64)  # output starts of concealed input
+        self._suspect_i = 0
         self.play: int | None = None  # media timestamp of the next sample to play
         self._t0 = 0.0
         self._ts0 = 0
@@ -127,8 +136,12 @@ class JitterBuffer:
         return 1000 * (self._delay_s(now) + self._fill / self.rate)
 
     # ---------------------------------------------------------------- arrivals
-    def push(self, stem: int, ts: int, block: np.ndarray, now: float) -> bool:
+    def push(self, stem: int, ts: int, block: np.ndarray, now: float, flags: int = 0) -> bool:
         b = self.block
+        if flags & Flags.CONCEALED and self.repair is not None and stem == 0:
+            # the server concealed input block ts: the stems are off at ts + D
+            self._suspect[self._suspect_i] = ts + self.delay
+            self._suspect_i = (self._suspect_i + 1) % self._suspect.shape[0]
         if ts % b or not 0 <= stem < self.n_stems:
             return False
         if self.play is None:  # the first block of any stem anchors the one clock
@@ -220,6 +233,8 @@ class JitterBuffer:
                 self.stats.concealed += 1
                 self.stats.underruns += 1
             self._ts[slot, s] = -1
+        if self.repair is not None:
+            self._repair(dst, present, play)
         if self.tap is not None and play + b <= self.tap.shape[2]:
             np.copyto(self.tap[:, :, play:play + b], dst)
         self.play += b
@@ -230,6 +245,22 @@ class JitterBuffer:
                 and e - self._target_s > b / self.rate):
             n_out = b - self._cut(dst)
         self._fill += n_out
+
+    def _repair(self, dst: np.ndarray, present: np.ndarray, play: int) -> None:
+        b = self.block
+        mix = self.mixture.segment(play, b)
+        if mix is None:
+            return
+        rep = self.repair
+        suspect = False
+        for start in self._suspect:
+            if start >= 0 and start < play + b and start + b > play:
+                rep.repair(dst, None, mix, max(start - play, 0), min(start + b - play, b))
+                suspect = True
+        if not present.all():
+            rep.repair(dst, present, mix)
+        elif not suspect:
+            rep.observe(dst, mix)
 
     def _cut(self, dst: np.ndarray) -> int:
         """Remove L samples from the block in dst (all stems alike) where it best matches

@@ -4,6 +4,7 @@ with the input's length and alignment, and measure every block on the client's c
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class SendOptions:
     conceal: str = DEFAULT_METHOD  # how missing stem blocks are filled
     as_heard: bool = False  # write what a live listener would have heard
     mix_repair: bool = True  # repair stems from the mixture sent (udp_client.mixrepair)
+    keep_raw: bool = False  # keep what arrived, for replay() with other policies (benches)
     jitter: float | None = None  # as-heard playout policy: None = adaptive, else fixed ms
 
 
@@ -79,6 +81,7 @@ class SendReport:
     missing: int = 0  # stem blocks written from concealment (archival: never arrived)
     playout: dict = field(default_factory=dict)  # as-heard: the jitter buffer's stats
     repair: dict = field(default_factory=dict)  # mixture repair: enabled, residual, count
+    raw: tuple | None = None  # keep_raw: (receiver, stems as arrived, mixture, n)
     cpu_percent: float = 0.0  # client process CPU over the run, % of one core
     cpu_ms_per_block: float = 0.0  # client CPU per block sent (all its stems included)
 
@@ -133,9 +136,11 @@ async def send_file(opts: SendOptions) -> SendReport:
     finally:
         proto.transport.close()
     cpu_s = time.process_time() - cpu0  # the streaming itself (file I/O outside)
-    mix = output_mixture(padded, d, state.stems.shape[2]) if opts.mix_repair else None
     state.delay = d
-    playout = (_as_heard(state, acc, opts) if opts.as_heard else
+    raw = (copy.copy(state), state.stems.copy(), output_mixture(padded, d, state.stems.shape[2]),
+           n) if opts.keep_raw else None
+    mix = output_mixture(padded, d, state.stems.shape[2]) if opts.mix_repair else None
+    playout = (_as_heard(state, acc, opts, mix) if opts.as_heard else
                _conceal_missing(state, opts, mix))
     stems = state.stems[:, :, d:d + n]
     stems = np.stack([aio.resample(s, acc.sample_rate, file_sr, length=n_file) for s in stems])
@@ -153,6 +158,7 @@ async def send_file(opts: SendOptions) -> SendReport:
     rep.missing = state.missing
     rep.repair = {k: playout.pop(k) for k in list(playout) if k.startswith("mix_")}
     rep.playout = playout
+    rep.raw = raw
     rep.cpu_percent = 100 * cpu_s / max(state.seconds, 1e-9)
     rep.cpu_ms_per_block = 1000 * cpu_s / max(state.sent, 1)
     if playout:
@@ -213,7 +219,17 @@ def _conceal_missing(state: _Receiver, opts: SendOptions, mix: np.ndarray | None
             "mix_repaired": mr.repaired}
 
 
-def _as_heard(state: _Receiver, acc, opts: SendOptions) -> dict:
+class ArrayMixture:
+    """The whole input on the stems' timeline, for the playout buffer's mixture repair."""
+
+    def __init__(self, mix: np.ndarray) -> None:
+        self.mix = mix
+
+    def segment(self, ts: int, n: int) -> np.ndarray | None:
+        return self.mix[:, ts:ts + n] if 0 <= ts and ts + n <= self.mix.shape[1] else None
+
+
+def _as_heard(state: _Receiver, acc, opts: SendOptions, mix: np.ndarray | None) -> dict:
     """Replay the arrivals through the live playout buffer, popped on the audio clock the
     blocks were paced by: what a listener would have heard, block by block (a block
     later than the buffer is concealed). Written by media position, so the file stays
@@ -223,7 +239,8 @@ def _as_heard(state: _Receiver, acc, opts: SendOptions) -> dict:
     cfg = JitterConfig() if opts.jitter is None else JitterConfig(fixed_ms=opts.jitter)
     tap = np.zeros_like(state.stems)
     jb = JitterBuffer(n_stems, channels, b, sr, cfg, conceal=opts.conceal, tap=tap,
-                      capacity=max(64, int(2 * cfg.max_ms / 1000 * sr / b) + 4))
+                      capacity=max(64, int(2 * cfg.max_ms / 1000 * sr / b) + 4),
+                      mixture=None if mix is None else ArrayMixture(mix), delay=state.delay)
     arrivals = [(state.arrival_ns[s, k], s, k) for s in range(n_stems)
                 for k in range(state.nblocks) if not np.isnan(state.arrival_ns[s, k])]
     arrivals.sort()
@@ -234,7 +251,8 @@ def _as_heard(state: _Receiver, acc, opts: SendOptions) -> dict:
         now_ns = t0 + (j + 1) * b * 1e9 / sr  # the audio clock: one block per period
         while i < len(arrivals) and arrivals[i][0] <= now_ns:
             at, s, k = arrivals[i]
-            jb.push(s, k * b, state.stems[s, :, k * b:(k + 1) * b], at / 1e9)
+            jb.push(s, k * b, state.stems[s, :, k * b:(k + 1) * b], at / 1e9,
+                    Flags.CONCEALED if k * b in state.concealed_in else 0)
             i += 1
         jb.pop(buf, now_ns / 1e9)
         j += 1
@@ -246,7 +264,10 @@ def _as_heard(state: _Receiver, acc, opts: SendOptions) -> dict:
     return {"mode": "adaptive" if cfg.adaptive else f"fixed {cfg.fixed_ms} ms",
             "mean_delay_ms": st.mean_delay_ms, "target_max_ms": st.target_max_ms,
             "concealed": st.concealed, "late": st.late, "inserted": st.inserted,
-            "cut_samples": st.cut_samples, "underruns": st.underruns}
+            "cut_samples": st.cut_samples, "underruns": st.underruns,
+            **({} if jb.repair is None else {
+                "mix_repair": jb.repair.enabled, "mix_repaired": jb.repair.repaired,
+                "mix_residual_db": 10 * np.log10(max(jb.repair.ratio, 1e-12))})}
 
 
 async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, nblocks: int,
@@ -376,4 +397,23 @@ class _Receiver:
 
 def save_stats(rep: SendReport, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(rep.__dict__, indent=2) + "\n")
+    d = {k: v for k, v in rep.__dict__.items() if k != "raw"}
+    Path(path).write_text(json.dumps(d, indent=2) + "\n")
+
+
+def replay(rep: SendReport, conceal: str, as_heard: bool, jitter: float | None = None,
+           mix_repair: bool = True) -> tuple[np.ndarray, dict]:
+    """The stems [S, C, n] (model rate, aligned with the input) that this run would have
+    written under another concealment/playout policy: same arrivals, same clock."""
+    if rep.raw is None:
+        raise ValueError("the run was not made with keep_raw")
+    st0, stems, mix, n = rep.raw
+    state = copy.copy(st0)
+    state.stems = stems.copy()
+    state.missing = 0
+    opts = SendOptions("", ("", 0), None, conceal=conceal, as_heard=as_heard, jitter=jitter,
+                       mix_repair=mix_repair)
+    m = mix if mix_repair else None
+    info = _as_heard(state, None, opts, m) if as_heard else _conceal_missing(state, opts, m)
+    info["concealed"] = state.missing
+    return state.stems[:, :, state.delay:state.delay + n], info
