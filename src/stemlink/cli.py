@@ -339,15 +339,20 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
 @click.option("--monitor", default="accompaniment", show_default=True,
               help="Stem to hear, or a mix: vocals=0.2,accompaniment=1")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None)
-@click.option("--jitter-blocks", default=8, show_default=True, type=click.IntRange(1, 60),
-              help="Playout buffer in blocks (the fixed delay it adds); it must cover the "
+@click.option("--jitter", "jitter", default="auto", show_default=True, type=_JITTER,
+              help="Playout buffer: auto (adaptive: grows at once after an underrun, "
+                   "shrinks slowly when clean) or a fixed size in ms. It must cover the "
                    "server's inference time, ~25 ms on a 2-core CPU.")
+@click.option("--jitter-blocks", type=click.IntRange(1, 60), default=None, hidden=True,
+              help="Deprecated: a fixed buffer of this many blocks; use --jitter MS.")
 @click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
 @click.option("--seconds", type=click.FloatRange(0.5, None), default=None,
               help="Stop after this long (default: run until Ctrl-C).")
+@_conceal_option
+@_redundancy_option
 @_psk_option
-def live(server, input_device, output_device, monitor, preset, jitter_blocks, block,
-         seconds, psk) -> None:
+def live(server, input_device, output_device, monitor, preset, jitter, jitter_blocks, block,
+         seconds, conceal, redundancy, psk) -> None:
     """Sound card -> server -> headphones, headless; Ctrl-C exits."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.live import run_live
@@ -356,14 +361,20 @@ def live(server, input_device, output_device, monitor, preset, jitter_blocks, bl
     def dev(d):
         return int(d) if d is not None and d.isdigit() else d
 
+    if jitter_blocks is not None:
+        jitter = 1000.0 * jitter_blocks * int(block) / 44100
     try:
         stats = run_loop(run_live(parse_server(server), dev(input_device),
-                                             dev(output_device), monitor, preset,
-                                             psk.encode(), jitter_blocks, int(block),
-                                             seconds))
-        for stem, js in stats["jitter"].items():
-            click.echo(f"{stem}: played {js['pushed']} blocks, concealed {js['concealed']}, "
-                       f"late {js['late']}, duplicates {js['duplicates']}")
+                                  dev(output_device), monitor, preset, psk.encode(), jitter,
+                                  int(block), seconds, conceal=conceal, redundancy=redundancy))
+        js = stats["jitter"]
+        click.echo(f"playout ({js['mode']}): {js['pushed']} stem blocks, concealed "
+                   f"{js['concealed']}, late {js['late']}, inserted {js['inserted']}, mean "
+                   f"buffer {js['mean_delay_ms']:.1f} ms; repaired {stats['repaired']}; "
+                   f"capture overruns {stats['capture_overruns']} (gaps "
+                   f"{stats['capture_gaps']}), playback underruns "
+                   f"{stats['playback_underruns']}; client CPU {stats['cpu_percent']:.1f} % "
+                   f"of a core; stated end-to-end latency {stats['stated_latency_ms']:.1f} ms")
     except KeyboardInterrupt:
         click.echo("live: stopped", err=True)
 
@@ -566,6 +577,37 @@ def bench_relay_cmd(datagrams, seed, json_path) -> None:
     click.echo(render(r))
     if json_path:
         save(r, json_path)
+
+
+@bench.command("playout")
+@click.option("--profile", "profiles", multiple=True, default=["wifi"], show_default=True,
+              type=click.Choice(["wired", "wifi", "stress"]))
+@click.option("--step-jitter-ms", default=30.0, show_default=True,
+              type=click.FloatRange(0, 1000),
+              help="The step scenario: wifi, then this jitter cap from halfway.")
+@click.option("--seconds", default=60.0, show_default=True, type=click.FloatRange(2, 3600))
+@click.option("--fixed-ms", "fixed_ms", multiple=True, type=click.FloatRange(1, 2000),
+              default=[46.0, 20.0], show_default=True, help="Fixed buffers to compare.")
+@click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
+@click.option("--period", default=256, show_default=True, type=click.IntRange(16, 8192),
+              help="Samples per pop (the device period at 44.1 kHz).")
+@click.option("--inference-every", "every", default=8, show_default=True,
+              type=click.IntRange(1, 64), help="Server model: blocks per inference.")
+@click.option("--compute-ms", default=25.0, show_default=True, type=click.FloatRange(0, 1000),
+              help="Server model: one inference's time.")
+@click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--out", "out_dir", default="out/bench-playout", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_playout_cmd(profiles, step_jitter_ms, seconds, fixed_ms, block, period, every,
+                      compute_ms, seed, out_dir) -> None:
+    """Fixed against adaptive playout buffer on simulated arrivals (the relay's impairment
+    model behind a modelled server): mean added delay, concealed blocks, time to adapt."""
+    from stemlink.bench.playout import PNG, bench_playout, render
+
+    r = bench_playout(list(profiles), step_jitter_ms, seconds, list(fixed_ms), int(block),
+                      period, every, compute_ms, seed, Path(out_dir))
+    click.echo(render(r))
+    click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
 
 
 @bench.command("make-song")

@@ -33,6 +33,7 @@ from __future__ import annotations
 from enum import Enum
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 HOLD_S = 0.010  # concealment at full gain for this long ...
 FADE_END_S = 0.060  # ... then fades linearly to silence here (G.711 App. I: 60 ms)
@@ -130,6 +131,9 @@ class Concealer:
         self._gains = np.zeros(MATCH_TAPS, np.float64)
         self._ntaps = 0
         self._gram = np.zeros((MATCH_TAPS, MATCH_TAPS), np.float64)
+        self._gram32 = np.zeros((MATCH_TAPS, MATCH_TAPS), np.float32)
+        self._wmat = np.zeros((MATCH_TAPS, max(self.mwin, self.fwin)), np.float32)
+        self._chol_tmp = np.zeros(MATCH_TAPS, np.float64)
         self._loops = np.zeros((MATCH_TAPS, c, h), np.float32)
         self._loop_lens = np.full(MATCH_TAPS, b, np.int64)
         self._fmono = np.zeros(self.fwin, np.float32)
@@ -286,8 +290,11 @@ class Concealer:
         (into _menergy[:n], higher is better; window energies floored)."""
         mono, w = self._mono, ref.shape[0]
         corr, en = self._mcorr[:n], self._menergy[:n]
-        for j in range(n):  # 1-D dots of views: no array allocated
-            corr[j] = np.dot(mono[first + j:first + j + w], ref)
+        # every window as a row of a strided view; einsum reads it in place (np.dot
+        # would copy the view for BLAS: megabytes), so nothing is allocated
+        st = mono.strides[0]
+        view = as_strided(mono[first:], shape=(n, w), strides=(st, st), writeable=False)
+        np.einsum("ij,j->i", view, ref, out=corr)
         sq = self._sq
         np.square(mono, out=sq[1:])
         np.cumsum(sq[1:], out=sq[1:])
@@ -315,17 +322,16 @@ class Concealer:
         self._ntaps = nt
         if nt == 0:
             return
-        g = self._gram
-        trace = 0.0
+        wm = self._wmat[:nt, :w]  # the chosen windows as rows: one BLAS product
         for a in range(nt):
-            wa = mono[starts[a]:starts[a] + w]
-            for b2 in range(a, nt):
-                g[a, b2] = g[b2, a] = np.dot(wa, mono[starts[b2]:starts[b2] + w])
-            trace += g[a, a]
-        ridge = MATCH_RIDGE * trace / nt + 1e-12
+            np.copyto(wm[a], mono[starts[a]:starts[a] + w])
+        g = self._gram[:nt, :nt]
+        np.matmul(wm, wm.T, out=self._gram32[:nt, :nt])
+        np.copyto(g, self._gram32[:nt, :nt])
+        ridge = MATCH_RIDGE * float(np.trace(g)) / nt + 1e-12
         for a in range(nt):
             g[a, a] += ridge
-        _cholesky_solve(g, rhs, nt)
+        _cholesky_solve(g, rhs[:nt], self._chol_tmp)
         for a in range(nt):
             starts[a] = lag_of(starts[a])
 
@@ -468,25 +474,22 @@ def _rows_imul(x: np.ndarray, v: np.ndarray) -> None:
             np.multiply(x[i], v[i], out=x[i])
 
 
-def _cholesky_solve(g: np.ndarray, rhs: np.ndarray, n: int) -> None:
-    """Solve g x = rhs in place (rhs <- x) for the leading n x n block of a symmetric
-    positive-definite g, in Python floats: n is at most MATCH_TAPS."""
-    for i in range(n):
-        for j in range(i + 1):
-            s = float(g[i, j])
-            for k in range(j):
-                s -= float(g[i, k]) * float(g[j, k])
-            g[i, j] = (s ** 0.5 if s > 0 else 1e-12) if i == j else s / float(g[j, j])
+def _cholesky_solve(g: np.ndarray, rhs: np.ndarray, tmp: np.ndarray) -> None:
+    """Solve g x = rhs in place (rhs <- x) for a small symmetric positive-definite g
+    (overwritten by its Cholesky factor), column by column with numpy on views."""
+    n = g.shape[0]
+    for j in range(n):
+        if j:
+            np.matmul(g[j:, :j], g[j, :j], out=tmp[:n - j])
+            g[j:, j] -= tmp[:n - j]
+        d = float(g[j, j])
+        d = d ** 0.5 if d > 1e-12 else 1e-6
+        g[j, j] = d
+        g[j + 1:, j] /= d
     for i in range(n):  # L y = rhs
-        s = float(rhs[i])
-        for k in range(i):
-            s -= float(g[i, k]) * float(rhs[k])
-        rhs[i] = s / float(g[i, i])
+        rhs[i] = (float(rhs[i]) - float(np.dot(g[i, :i], rhs[:i]))) / float(g[i, i])
     for i in range(n - 1, -1, -1):  # L^T x = y
-        s = float(rhs[i])
-        for k in range(i + 1, n):
-            s -= float(g[k, i]) * float(rhs[k])
-        rhs[i] = s / float(g[i, i])
+        rhs[i] = (float(rhs[i]) - float(np.dot(g[i + 1:, i], rhs[i + 1:]))) / float(g[i, i])
 
 
 def _rows_iadd(x: np.ndarray, y: np.ndarray) -> None:

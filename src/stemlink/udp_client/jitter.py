@@ -42,14 +42,14 @@ HIST_BIN_S = 0.0005  # arrival-delay histogram resolution
 @dataclass(frozen=True)
 class JitterConfig:
     fixed_ms: float | None = None  # None: adaptive
-    quantile: float = 0.98
+    quantile: float = 0.999
     headroom_ms: float = 2.0  # on top of the quantile (covers the pop grain too)
     initial_ms: float = 20.0  # adaptive: E before any statistics
     min_ms: float = 0.0
     max_ms: float = 400.0
-    forget: float = 0.998  # per arrival: ~500 blocks of memory (~1.5 s for 2 stems)
+    forget: float = 0.9995  # per arrival: ~2000 blocks of memory (~6 s for 2 stems)
     clean_s: float = 2.0  # no underrun for this long before shrinking
-    decay_ms_per_s: float = 5.0  # how fast a jump after an underrun decays once clean
+    decay_ms_per_s: float = 2.0  # how fast a jump after an underrun decays once clean
     cut_every: int = 8  # blocks between two cuts while shrinking
 
     @property
@@ -275,6 +275,17 @@ class JitterBuffer:
         ref = mix[:xf]
         best, best_l = 0.0, 0
         lo, hi = max(xf // 2, 8), b - xf
+        if float(np.dot(mix, mix)) < 1e-10 * b:  # silence: any cut is inaudible
+            best, best_l = 1.0, hi
+        else:
+            best, best_l = self._match(mix, ref, lo, hi)
+        if best < 0.5:
+            return 0
+        return self._cut_at(dst, best_l)
+
+    def _match(self, mix: np.ndarray, ref: np.ndarray, lo: int, hi: int) -> tuple[float, int]:
+        xf = self._xf
+        best, best_l = 0.0, 0
         for lag in range(lo, hi + 1):  # normalised match of the first xf samples
             seg = mix[lag:lag + xf]
             den = float(np.dot(seg, seg)) * float(np.dot(ref, ref))
@@ -283,9 +294,10 @@ class JitterBuffer:
             r = float(np.dot(seg, ref)) / den ** 0.5
             if r > best:
                 best, best_l = r, lag
-        if best < 0.5:
-            return 0
-        lag = best_l
+        return best, best_l
+
+    def _cut_at(self, dst: np.ndarray, lag: int) -> int:
+        b, xf = self.block, self._xf
         for s in range(self.n_stems):
             for c in range(self.channels):
                 x = dst[s, c]
