@@ -512,13 +512,16 @@ def relay(listen, to, profile, loss, burst, jitter_ms, delay_ms, reorder, duplic
 @click.option("--conceal-sweep", "sweep", default=None, metavar="M1,M2,...",
               help="Also replay each impaired run's arrivals under these concealment "
                    "methods (or 'all'), archival and as-heard: loss.md and loss.png.")
+@click.option("--realtime/--as-fast-as-possible", default=True, show_default=True,
+              help="Unpaced: the server is never overloaded and the relay decides the "
+                   "same losses whatever the machine's load (archival mode only).")
 @click.option("--compare-redundancy", is_flag=True,
               help="Run every impaired setting twice: without and with --redundancy.")
 @click.option("--out", "out_dir", default="out/bench-network", show_default=True,
               type=click.Path(file_okay=False))
 def bench_network_cmd(model, backend, audio, seconds, profiles, specs, losses, burst, outages,
-                      clients, preset, seed, sdr_from, send_opts, sweep, compare_redundancy,
-                      out_dir) -> None:
+                      clients, preset, seed, sdr_from, send_opts, realtime, sweep,
+                      compare_redundancy, out_dir) -> None:
     """The server through the impairment relay: lost/late/concealed blocks, end-to-end
     latency, SDR against an undisturbed run, server CPU and counters, per run."""
     import shlex
@@ -554,7 +557,7 @@ def bench_network_cmd(model, backend, audio, seconds, profiles, specs, losses, b
                       list(outages), clients, preset, backend, seed, sdr_from,
                       parse_send_opts(list(send_opts)), Path(out_dir),
                       say=lambda s: click.echo(s, err=True), sweep=methods,
-                      compare_redundancy=compare_redundancy)
+                      compare_redundancy=compare_redundancy, realtime=realtime)
     click.echo(render(r))
     if methods:
         from stemlink.bench.network import render_sweep

@@ -136,20 +136,21 @@ def prepare_audio(path: str | None, seconds: float | None, out: Path) -> tuple[P
 
 
 def _run_clients(wav: Path, addrs: list[tuple[str, int]], out_dirs: list[Path], preset: str,
-                 send_opts: dict) -> list:
+                 send_opts: dict, realtime: bool = True) -> list:
     from stemlink.loop import run_loop
     from stemlink.udp_client.sender import SendOptions, send_file
 
     async def go():
         return await asyncio.gather(*[
-            send_file(SendOptions(wav, a, d, preset=preset, realtime=True, **send_opts))
+            send_file(SendOptions(wav, a, d, preset=preset, realtime=realtime, **send_opts))
             for a, d in zip(addrs, out_dirs, strict=True)], return_exceptions=True)
 
     return run_loop(go())
 
 
 def run_one(spec: RunSpec, model: str, wav: Path, clients: int, preset: str, backend: str,
-            send_opts: dict, tmp: Path, index: int, sweep: list[str] | None = None) -> dict:
+            send_opts: dict, tmp: Path, index: int, sweep: list[str] | None = None,
+            realtime: bool = True) -> dict:
     port = procs.free_port()
     server = procs.stemlink_server(model, port, preset, backend, tmp / f"server{index}.json")
     relay = None
@@ -164,7 +165,7 @@ def run_one(spec: RunSpec, model: str, wav: Path, clients: int, preset: str, bac
         opts = {**send_opts, **spec.send_opts}
         if sweep and spec.relay_args is not None:
             opts["keep_raw"] = True
-        reps = _run_clients(wav, addrs, dirs, preset, opts)
+        reps = _run_clients(wav, addrs, dirs, preset, opts, realtime)
         cpu = server.cpu_use()
     finally:
         relay_stats = relay.stop() if relay is not None else None
@@ -173,7 +174,7 @@ def run_one(spec: RunSpec, model: str, wav: Path, clients: int, preset: str, bac
     counters = stats.get("counters", {})
     return {
         "name": spec.name, "relay_command": relay_cmd, "sdr_from_s": spec.sdr_from_s,
-        "clients": [_client(r, c, spec.relay_args is not None and c == 0, sweep)
+        "clients": [_client(r, c, spec.relay_args is not None and c == 0, sweep, realtime)
                     for c, r in enumerate(reps)],
         "send_options": {k: v for k, v in spec.send_opts.items()},
         "stem_dirs": [str(d) for d in dirs],
@@ -184,7 +185,8 @@ def run_one(spec: RunSpec, model: str, wav: Path, clients: int, preset: str, bac
     }
 
 
-def _client(rep, index: int, impaired: bool, sweep: list[str] | None = None) -> dict:
+def _client(rep, index: int, impaired: bool, sweep: list[str] | None = None,
+            realtime: bool = True) -> dict:
     if isinstance(rep, StemlinkError):  # e.g. the session was refused or never answered
         return {"client": index, "through_relay": impaired, "error": str(rep)}
     if isinstance(rep, BaseException):
@@ -194,11 +196,12 @@ def _client(rep, index: int, impaired: bool, sweep: list[str] | None = None) -> 
         from stemlink.udp_client.sender import replay
 
         extra["_sweep"] = {}
+        modes = ("archival", "as-heard") if realtime else ("archival",)  # as heard: paced
         for method in sweep:
-            for mode in ("archival", "as-heard"):
+            for mode in modes:
                 stems, info = replay(rep, method, mode == "as-heard")
                 extra["_sweep"][(method, mode, True)] = (stems, info)
-        for mode in ("archival", "as-heard"):  # the default without the mixture repair
+        for mode in modes:  # the default without the mixture repair
             stems, info = replay(rep, sweep[-1] if "match" not in sweep else "match",
                                  mode == "as-heard", mix_repair=False)
             extra["_sweep"][("match" if "match" in sweep else sweep[-1], mode, False)] = (
@@ -265,7 +268,7 @@ def bench_network(model: str, audio: str | None, seconds: float | None, profiles
                   outages: list[tuple[float, float]], clients: int, preset: str,
                   backend: str, seed: int, sdr_from_s: float | None, send_opts: dict,
                   out: Path, say=lambda s: None, sweep: list[str] | None = None,
-                  compare_redundancy: bool = False) -> dict:
+                  compare_redundancy: bool = False, realtime: bool = True) -> dict:
     runs = plan_runs(profiles, specs, losses, burst, outages, seed, sdr_from_s)
     if compare_redundancy:
         runs = with_redundancy(runs)
@@ -282,7 +285,8 @@ def bench_network(model: str, audio: str | None, seconds: float | None, profiles
         results = []
         for i, spec in enumerate(runs):
             say(f"[{i + 1}/{len(runs)}] {spec.name} ...")
-            res = run_one(spec, model, wav, clients, preset, backend, send_opts, tmp, i, sweep)
+            res = run_one(spec, model, wav, clients, preset, backend, send_opts, tmp, i, sweep,
+                          realtime)
             if results:
                 _add_sdr(res, results[0], sr)
             results.append(res)
@@ -296,6 +300,7 @@ def bench_network(model: str, audio: str | None, seconds: float | None, profiles
                                            getattr(v, "name", v))
                                        for k, v in send_opts.items()},
         "recovery_s": RECOVERY_S, "runs": results, "sweep": sweep or [],
+        "paced": realtime,
     }
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(render(result) + "\n")
@@ -342,10 +347,13 @@ def render_sweep(result: dict) -> str:
     head = ["run", "send mode", "stem blocks lost", "repaired (redundancy)",
             *[f"{lb}: SDR dB ({' / '.join(stems)})" for lb in labels],
             "as-heard mean buffer ms"]
+    pacing = ("paced in real time" if result.get("paced", True) else
+              "unpaced: as fast as the server allows, so nothing is late and only the "
+              "archival mode applies")
     return (f"loss and concealment: {result['audio']} ({result['seconds']:.1f} s), preset "
             f"{result['preset']}, seed {result['seed']}\nmachine: "
             f"{describe(result['machine'])}\ncommand: {result['command']}\n\n"
-            f"{markdown_table(head, rows)}\n\nEach run streams once in real time; every "
+            f"{markdown_table(head, rows)}\n\nEach run streams once ({pacing}); every "
             "column replays that run's arrivals under one client policy (concealment "
             "method; archival = every block that arrived, as-heard = the adaptive playout "
             "buffer on the same audio clock). The server conceals lost input with its "
