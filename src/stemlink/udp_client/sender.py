@@ -43,7 +43,7 @@ class SendOptions:
     drain_s: float = 2.0
     first_seq: int = 0
     redundancy: bool = False  # ask for XOR parity both ways (wire.redundancy)
-    conceal: str = DEFAULT_METHOD  # how missing stem blocks are filled
+    conceal: str | None = DEFAULT_METHOD  # how missing stem blocks are filled (None: silence)
     as_heard: bool = False  # write what a live listener would have heard
     mix_repair: bool = True  # repair stems from the mixture sent (udp_client.mixrepair)
     keep_raw: bool = False  # keep what arrived, for replay() with other policies (benches)
@@ -182,7 +182,7 @@ def _conceal_missing(state: _Receiver, opts: SendOptions, mix: np.ndarray | None
     have = ~np.isnan(state.arrival_ns)
     n_stems, nblocks = have.shape
     b = state.b
-    for s in range(n_stems):
+    for s in range(n_stems if opts.conceal is not None else 0):
         conc = Concealer(state.stems.shape[1], b, opts.conceal, state.sample_rate)
         for k in range(nblocks):
             blk = state.stems[s, :, k * b:(k + 1) * b]
