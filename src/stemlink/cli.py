@@ -230,9 +230,17 @@ def _setup_logging(level: str) -> None:
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--compute-stats", type=click.Path(dir_okay=False), hidden=True,
               help="Write per-block compute times as JSON at exit (used by benchmarks).")
+@click.option("--reorder-ms", default=10.0, show_default=True, type=click.FloatRange(0, 200),
+              help="Input reorder window: how long a missing AUDIO block is waited for "
+                   "before it is concealed (the most delay it adds to the blocks behind "
+                   "it; stated to clients).")
+@click.option("--playout-ms", default=200.0, show_default=True,
+              type=click.FloatRange(1, 10000),
+              help="Playout budget for clients that state none: output later than this "
+                   "is not computed or sent.")
 @_psk_option
 def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_level,
-          compute_stats, psk) -> None:
+          compute_stats, reorder_ms, playout_ms, psk) -> None:
     """Run the UDP separation server (SIGINT/SIGTERM stop it cleanly)."""
     from stemlink.loop import run_loop
     from stemlink.udp_server.server import ServeOptions, Server
@@ -240,7 +248,8 @@ def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_le
     _setup_logging(log_level)
     try:
         srv = Server(ServeOptions(model, host, port, backend, preset, max_sessions,
-                                  idle_timeout, psk.encode(), compute_stats))
+                                  idle_timeout, psk.encode(), compute_stats,
+                                  reorder_ms=reorder_ms, playout_ms=playout_ms))
     except OSError as e:
         raise StemlinkError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     click.echo(srv.describe(), err=True)

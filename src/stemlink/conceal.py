@@ -147,9 +147,18 @@ class Concealer:
     def concealing(self) -> bool:
         return self._t > 0
 
+    @property
+    def silent(self) -> bool:
+        """Concealing, and faded to silence (a consumer may skip work on such blocks)."""
+        return self._t > self.fade_end
+
     def reset(self) -> None:
+        """Forget the past (it was silence, e.g. a long hole jumped over): the next real
+        block fades in from silence."""
         self._hist[...] = 0.0
-        self._t = 0
+        self._ext[...] = 0.0
+        self._joined = False
+        self._t = self.fade_end + 1
 
     def good(self, block: np.ndarray, out: np.ndarray) -> bool:
         """A real block: copy it to `out`, cross-faded in if it ends a concealed run.

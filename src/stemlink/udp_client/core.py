@@ -69,6 +69,14 @@ class ServerBye:
     reason: int
 
 
+@dataclass(frozen=True, slots=True)
+class SessionError:
+    """The server ended an established session with an ERROR (protocol or server error)."""
+
+    code: int
+    message: str
+
+
 class ClientCore:
     HELLO_RETRY_S = 0.25
     HELLO_TRIES = 12
@@ -170,6 +178,14 @@ class ClientCore:
                     self.counters["recovered"] += 1
                     out.append(StemBlock(h2, bytes(HEADER_SIZE) + body, recovered=True))
             return out
+        if t is PacketType.ERROR and h.session != 0:
+            if self.state is not State.ESTABLISHED or h.session != self.session:
+                raise pk.WireError("unknown-session")
+            if not pk.check_tag(data, self.key):
+                raise pk.WireError("bad-tag")
+            err = pk.decode_error(pk.payload(data, h))
+            self.state = State.CLOSED
+            return [SessionError(err.code, err.message)]
         if t in (PacketType.COOKIE, PacketType.ACCEPT, PacketType.ERROR):
             return self._handshake(h, data, now)
         if self.state is not State.ESTABLISHED or h.session != self.session:

@@ -108,7 +108,7 @@ class JitterBuffer:
         self.tap = tap  # [n_stems, C, total]: what was played, by media position
         self.mixture, self.delay = mixture, delay
         self.repair = MixtureRepair(n_stems, channels, b) if mixture is not None else None
-        self._suspect = np.full(64, -1, np.int64)  # output starts of concealed input
+        self._suspect = np.full(256, -1, np.int64)  # blocks flagged CONCEALED (recent)
         self._suspect_i = 0
         self.play: int | None = None  # media timestamp of the next sample to play
         self._t0 = 0.0
@@ -139,8 +139,8 @@ class JitterBuffer:
     def push(self, stem: int, ts: int, block: np.ndarray, now: float, flags: int = 0) -> bool:
         b = self.block
         if flags & Flags.CONCEALED and self.repair is not None and stem == 0:
-            # the server concealed input block ts: the stems are off at ts + D
-            self._suspect[self._suspect_i] = ts + self.delay
+            # depends on input the server concealed: its stems may not add up
+            self._suspect[self._suspect_i] = ts
             self._suspect_i = (self._suspect_i + 1) % self._suspect.shape[0]
         if ts % b or not 0 <= stem < self.n_stems:
             return False
@@ -247,20 +247,22 @@ class JitterBuffer:
         self._fill += n_out
 
     def _repair(self, dst: np.ndarray, present: np.ndarray, play: int) -> None:
-        b = self.block
-        mix = self.mixture.segment(play, b)
+        mix = self.mixture.segment(play, self.block)
         if mix is None:
             return
         rep = self.repair
-        suspect = False
-        for start in self._suspect:
-            if start >= 0 and start < play + b and start + b > play:
-                rep.repair(dst, None, mix, max(start - play, 0), min(start + b - play, b))
-                suspect = True
         if not present.all():
             rep.repair(dst, present, mix)
-        elif not suspect:
+        elif self._flagged(play):
+            rep.repair_if_off(dst, mix)
+        else:
             rep.observe(dst, mix)
+
+    def _flagged(self, play: int) -> bool:
+        for ts in self._suspect:
+            if ts == play:
+                return True
+        return False
 
     def _cut(self, dst: np.ndarray) -> int:
         """Remove L samples from the block in dst (all stems alike) where it best matches

@@ -8,10 +8,10 @@ whole song, -55 dB and lower below 11 kHz). The client has the mixture. So:
 - a stem block lost on the way down is the mixture minus the other stems (if several
   stems of a block are lost, the mixture's remainder is shared among the concealed ones
   by their energy);
-- where the server had to conceal a lost *input* block (it flags the STEM block with the
-  input block's timestamp CONCEALED), the stems sum to the concealed mixture: the
-  difference to the true mixture, at that block delayed by D, is shared among all stems
-  by their energy.
+- where the server had to conceal a lost *input* block, the stems sum to the concealed
+  mixture: in the output blocks it flags CONCEALED, wherever the stems are far from adding
+  up to the true mixture (that block, delayed by D), the difference is shared among all
+  stems by their energy.
 
 Whether the model has this property is measured, not assumed: `observe()` on complete,
 trusted blocks keeps a running ratio of residual to mixture energy, and `enabled` turns
@@ -25,6 +25,8 @@ import numpy as np
 MAX_RESIDUAL = 0.1  # residual/mixture energy at most this (-10 dB) to trust the sum
 MIN_BLOCKS = 32
 EMA = 0.02
+OFF_FACTOR = 10.0  # a flagged block is repaired when its residual exceeds 10x the usual
+OFF_FLOOR = 1e-4  # (-40 dB: a model that adds up exactly still has s16 rounding)
 
 
 class MixtureRepair:
@@ -82,6 +84,20 @@ class MixtureRepair:
                 blocks[s, :, lo:hi] += self._tmp[:, :n]
         self.repaired += 1
         return True
+
+    def repair_if_off(self, blocks: np.ndarray, mix: np.ndarray) -> bool:
+        """A block whose stems may not add up (the server flagged it CONCEALED: it depends
+        on input it had to conceal): repaired, among all stems, only where the residual is
+        far above the model's own (OFF_FACTOR times the measured ratio), i.e. only the
+        samples the concealment actually changed, not the whole flagged stretch."""
+        if not self.enabled:
+            return False
+        self._residual(blocks, mix, 0, mix.shape[-1])
+        em = float(np.sum(mix * mix))
+        er = float(np.sum(self._res * self._res))
+        if er <= OFF_FACTOR * max(self.ratio, OFF_FLOOR) * max(em, 1e-12):
+            return False
+        return self.repair(blocks, None, mix)
 
     def _residual(self, blocks: np.ndarray, mix: np.ndarray, lo: int, hi: int) -> None:
         n = hi - lo

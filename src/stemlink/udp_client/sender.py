@@ -15,7 +15,14 @@ import numpy as np
 from stemlink import audio as aio
 from stemlink.conceal import DEFAULT_METHOD, Concealer
 from stemlink.percentiles import summarize
-from stemlink.udp_client.core import ClientCore, Pong, StemBlock
+from stemlink.udp_client.core import (
+    ClientCore,
+    ClientError,
+    Pong,
+    ServerBye,
+    SessionError,
+    StemBlock,
+)
 from stemlink.udp_client.jitter import JitterBuffer, JitterConfig
 from stemlink.udp_client.mixrepair import MixtureRepair
 from stemlink.udp_client.transport import connect
@@ -40,7 +47,8 @@ class SendOptions:
     lookahead: int | None = None
     synthesis: str | None = None
     ping_every_s: float = 0.5
-    drain_s: float = 2.0
+    drain_s: float = 2.0  # how long to wait for the last stems
+    stall_s: float = 15.0  # not paced: give up when no stem at all came back for this long
     first_seq: int = 0
     redundancy: bool = False  # ask for XOR parity both ways (wire.redundancy)
     conceal: str | None = DEFAULT_METHOD  # how missing stem blocks are filled (None: silence)
@@ -48,6 +56,9 @@ class SendOptions:
     mix_repair: bool = True  # repair stems from the mixture sent (udp_client.mixrepair)
     keep_raw: bool = False  # keep what arrived, for replay() with other policies (benches)
     jitter: float | None = None  # as-heard playout policy: None = adaptive, else fixed ms
+    # What the server is told: ARCHIVAL = every block is wanted however late (files);
+    # a number of ms = blocks later than that are of no use (as a live listener).
+    playout_ms: int = pk.ARCHIVAL
 
 
 @dataclass
@@ -113,7 +124,8 @@ async def send_file(opts: SendOptions) -> SendReport:
     x, file_sr = aio.read_audio(opts.input)
     aio.sanitize(x)
     file_ch, n_file = x.shape
-    playout_ms = (pk.ARCHIVAL if not opts.as_heard else
+    # what the server is told: archival wants every block; as heard, the playout budget
+    playout_ms = (opts.playout_ms if not opts.as_heard else
                   0 if opts.jitter is None else min(int(opts.jitter), pk.ARCHIVAL - 1))
     core = ClientCore(sample_rate=file_sr, channels=min(file_ch, 2), block=opts.block,
                       fmt=opts.fmt, preset=opts.preset, hop_frames=opts.hop_frames,
@@ -196,25 +208,22 @@ def _conceal_missing(state: _Receiver, opts: SendOptions, mix: np.ndarray | None
     if mix is None:
         return {}
     mr = MixtureRepair(n_stems, state.stems.shape[1], b)
-    d = state.delay
-    suspect = np.zeros(nblocks, bool)  # output blocks touched by a concealed input
+    # output blocks the server flagged CONCEALED depend on input it had to conceal
+    flagged = np.zeros(nblocks, bool)
     for ts in state.concealed_in:
-        for k in ((ts + d) // b, (ts + d + b - 1) // b):
-            if k < nblocks:
-                suspect[k] = True
+        if ts // b < nblocks:
+            flagged[ts // b] = True
     for k in range(nblocks):
-        if have[:, k].all() and not suspect[k]:
+        if have[:, k].all() and not flagged[k]:
             mr.observe(state.stems[:, :, k * b:(k + 1) * b], mix[:, k * b:(k + 1) * b])
             if mr.observed >= 64:
                 break
-    for ts in sorted(state.concealed_in):  # input the server concealed: share the error
-        lo = ts + d
-        if lo + b <= state.stems.shape[2]:
-            mr.repair(state.stems[:, :, lo:lo + b], None, mix[:, lo:lo + b])
-    for k in range(nblocks):  # stem blocks lost on the way down: the mixture's remainder
-        if not have[:, k].all():
-            sl = slice(k * b, (k + 1) * b)
+    for k in range(nblocks):
+        sl = slice(k * b, (k + 1) * b)
+        if not have[:, k].all():  # stem blocks lost on the way down: the mixture's remainder
             mr.repair(state.stems[:, :, sl], have[:, k], mix[:, sl])
+        elif flagged[k]:  # where the stems no longer add up: the input concealment's error
+            mr.repair_if_off(state.stems[:, :, sl], mix[:, sl])
     return {"mix_repair": mr.enabled, "mix_residual_db": 10 * np.log10(max(mr.ratio, 1e-12)),
             "mix_repaired": mr.repaired}
 
@@ -280,16 +289,27 @@ async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, n
     state.t0_ns = t0_ns
     next_ping = t0
     for k in range(nblocks):
+        state.check_ended()
         if opts.realtime:
             due = t0 + (k + 1) * b / sr
             while (delay := due - time.monotonic()) > 0:  # timers may fire early (1 ms grain)
                 await asyncio.sleep(delay)
             state.send_ns[k] = t0_ns + (k + 1) * b * 1e9 / sr
         else:
-            while k - state.complete_upto() > AFAP_WINDOW:
+            # flow control on the newest block heard back (a lost stem must not stall it)
+            since = time.monotonic()
+            while k - state.newest_block() > AFAP_WINDOW:
                 await asyncio.sleep(0.0005)
-                if time.monotonic() - state.last_rx > opts.drain_s and state.last_rx:
-                    break
+                state.check_ended()
+                now = time.monotonic()
+                if now - max(state.last_rx, since) > opts.stall_s:
+                    raise ClientError(f"the server sent no stems for {opts.stall_s:g} s "
+                                      "(is it overloaded, or the network down?)")
+                if now >= next_ping:  # keep the session alive while the server catches up
+                    next_ping = now + opts.ping_every_s
+                    ping = core.ping(now)
+                    proto.send(ping)
+                    state.bytes_sent += len(ping)
             state.send_ns[k] = time.monotonic_ns()
         now = time.monotonic()
         if now >= next_ping:
@@ -305,6 +325,7 @@ async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, n
         state.sent += 1
     deadline = time.monotonic() + opts.drain_s
     while state.received < state.expected and time.monotonic() < deadline:
+        state.check_ended()
         await asyncio.sleep(0.005)
     state.seconds = time.monotonic() - t0
 
@@ -324,6 +345,8 @@ class _Receiver:
         self.delay = 0
         self.t0_ns = 0
         self.sample_rate = 0
+        self.ended: SessionError | ServerBye | None = None
+        self._newest = -1
 
     def setup(self, n_stems: int, channels: int, nblocks: int, b: int, sr: int) -> None:
         self.b, self.nblocks, self.sample_rate = b, nblocks, sr
@@ -334,14 +357,23 @@ class _Receiver:
         self._per_block = np.zeros(nblocks, np.int32)
         self._n_stems = n_stems
         self._complete = 0
-        self._highest = 0  # 1 + the highest block index received in any stem
 
     def complete_upto(self) -> int:
-        """Blocks done: complete in every stem, or passed by a later block (a lost stem
-        block must not stall the unpaced sender)."""
         while self._complete < self.nblocks and self._per_block[self._complete] >= self._n_stems:
             self._complete += 1
-        return max(self._complete, self._highest)
+        return self._complete
+
+    def newest_block(self) -> int:
+        return self._newest
+
+    def check_ended(self) -> None:
+        """Raise if the server ended the session (ERROR, or BYE on timeout/shutdown)."""
+        if isinstance(self.ended, SessionError):
+            raise ClientError(f"the server ended the session: {self.ended.message}")
+        if isinstance(self.ended, ServerBye):
+            why = {1: "idle timeout", 2: "server shutting down"}.get(self.ended.reason,
+                                                                     "normal")
+            raise ClientError(f"the server ended the session ({why})")
 
     def on_event(self, ev) -> None:
         if isinstance(ev, StemBlock):
@@ -357,14 +389,16 @@ class _Receiver:
             pk.read_media(ev.data, h, self.stems[h.stem, :, h.timestamp:h.timestamp + self.b])
             self.arrival_ns[h.stem, k] = time.monotonic_ns()
             self._per_block[k] += 1
-            self._highest = max(self._highest, k + 1 - 2)  # 2: leeway for reordering
+            self._newest = max(self._newest, k)
             self.received += 1
             self.last_rx = time.monotonic()
             if h.flags & Flags.CONCEALED:
                 self.concealed += 1
-                self.concealed_in.add(h.timestamp)  # the server concealed this input
+                self.concealed_in.add(h.timestamp)  # depends on input the server concealed
         elif isinstance(ev, Pong):
             self.rtt_ns.append(ev.rtt_ns)
+        elif isinstance(ev, (SessionError, ServerBye)):
+            self.ended = ev
 
     def report(self, acc, files, n, d, b, core, opts) -> SendReport:
         arrival = self.arrival_ns
