@@ -116,7 +116,7 @@ def test_adaptive_settles_low_on_a_clean_link_and_reports_its_delay():
 
 def test_adaptive_grows_at_once_after_an_underrun_then_shrinks_slowly():
     b = 128
-    n = 3000
+    n = 8000  # 23 s: the spike must leave the histogram's memory (~2000 arrivals)
     jb = JitterBuffer(1, 1, b, SR, JitterConfig(initial_ms=5.0))
     delays = np.full(n, 0.001)
     delays[1000:1010] = 0.040  # a 40 ms delay spike (e.g. a Wi-Fi retry burst)
