@@ -92,6 +92,12 @@ def parse_send_opts(items: list[str]) -> dict:
             raise StemlinkError(f"--send-opt {key}: `send` has no such option (known: "
                                 f"{', '.join(usable)})")
         out[key] = _convert(key, raw.strip(), fields[key])
+        if key == "conceal" and out[key] is not None:
+            from stemlink.conceal import METHODS
+
+            if out[key] not in METHODS:
+                raise StemlinkError(f"--send-opt conceal={raw}: not one of "
+                                    f"{', '.join(METHODS)}")
     return out
 
 

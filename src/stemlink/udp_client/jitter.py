@@ -253,10 +253,10 @@ class JitterBuffer:
         rep = self.repair
         if not present.all():
             rep.repair(dst, present, mix)
-        elif self._flagged(play):
+            return
+        rep.observe(dst, mix)  # (a median: robust to the flagged blocks that are off)
+        if self._flagged(play):
             rep.repair_if_off(dst, mix)
-        else:
-            rep.observe(dst, mix)
 
     def _flagged(self, play: int) -> bool:
         for ts in self._suspect:

@@ -13,9 +13,10 @@ whole song, -55 dB and lower below 11 kHz). The client has the mixture. So:
   up to the true mixture (that block, delayed by D), the difference is shared among all
   stems by their energy.
 
-Whether the model has this property is measured, not assumed: `observe()` on complete,
-trusted blocks keeps a running ratio of residual to mixture energy, and `enabled` turns
-on only when it is below `MAX_RESIDUAL` (-10 dB) after `MIN_BLOCKS` blocks.
+Whether the model has this property is measured, not assumed: `observe()` on complete
+blocks keeps the median ratio of residual to mixture energy over the last 64, and
+`enabled` turns on only when it is below `MAX_RESIDUAL` (-10 dB) after `MIN_BLOCKS`
+blocks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import numpy as np
 
 MAX_RESIDUAL = 0.1  # residual/mixture energy at most this (-10 dB) to trust the sum
 MIN_BLOCKS = 32
-EMA = 0.02
+WINDOW = 64  # blocks the ratio is the median of
+QUIET = 1e-8  # mean square below which a block says nothing (near silence)
 OFF_FACTOR = 10.0  # a flagged block is repaired when its residual exceeds 10x the usual
 OFF_FLOOR = 1e-4  # (-40 dB: a model that adds up exactly still has s16 rounding)
 
@@ -35,8 +37,9 @@ class MixtureRepair:
         self._res = np.zeros((channels, block), np.float32)
         self._tmp = np.zeros((channels, block), np.float32)
         self._e = np.zeros(n_stems, np.float64)
-        self.ratio = 1.0  # residual / mixture energy, recent blocks
-        self._er = self._em = 0.0
+        self.ratio = 1.0  # residual / mixture energy: median of recent blocks
+        self._ratios = np.zeros(WINDOW, np.float64)
+        self._sorted = np.zeros(WINDOW, np.float64)
         self.observed = 0
         self.repaired = 0  # stem blocks (or stretches) repaired
 
@@ -45,19 +48,21 @@ class MixtureRepair:
         return self.observed >= MIN_BLOCKS and self.ratio <= MAX_RESIDUAL
 
     def observe(self, blocks: np.ndarray, mix: np.ndarray) -> None:
-        """A block every stem of which arrived, and whose input was not concealed."""
-        self._residual(blocks, mix, 0, mix.shape[-1])
+        """A block every stem of which arrived. The ratio is the median over the last
+        WINDOW blocks (robust to a block whose input the server concealed, and to near
+        silence)."""
         n = mix.shape[-1]
-        em = float(np.dot(mix.ravel(), mix.ravel())) if mix.flags.c_contiguous else \
-            float(np.sum(mix * mix))
-        if em <= 1e-12:
+        em = float(np.sum(mix * mix))
+        if em <= QUIET * mix.size:
             return
+        self._residual(blocks, mix, 0, n)
         er = float(np.sum(self._res[:, :n] * self._res[:, :n]))
-        # energy-weighted (quiet blocks, e.g. the start, must not dominate), forgetting
-        self._er = (1 - EMA) * self._er + er
-        self._em = (1 - EMA) * self._em + em
-        self.ratio = self._er / self._em
+        self._ratios[self.observed % WINDOW] = er / em
         self.observed += 1
+        m = min(self.observed, WINDOW)
+        np.copyto(self._sorted[:m], self._ratios[:m])
+        self._sorted[:m].sort()
+        self.ratio = float(self._sorted[m // 2])
 
     def repair(self, blocks: np.ndarray, trusted: np.ndarray | None, mix: np.ndarray,
                lo: int = 0, hi: int | None = None) -> bool:
