@@ -386,10 +386,12 @@ def plot_sweep(result: dict, path: Path) -> None:
                 (loss, np.nan if v is None else min(v, 60)))
     if not series:
         return
-    fig, axes = plt.subplots(len(stems), 2, figsize=(12, 3.4 * len(stems)), dpi=110,
-                             squeeze=False)
+    modes = [m for m in ("archival", "as-heard") if any(k[1] == m for k in series)]
+    fig, axes = plt.subplots(len(stems), len(modes), figsize=(6 * len(modes) + 1,
+                                                              3.4 * len(stems)),
+                             dpi=110, squeeze=False)
     for i, stem in enumerate(stems):
-        for j, mode in enumerate(("archival", "as-heard")):
+        for j, mode in enumerate(modes):
             ax = axes[i][j]
             for red in (False, True):
                 for m in methods:
