@@ -322,12 +322,14 @@ class MediaWriter:
         return bytes(self.buf)
 
 
-def read_media(data: bytes | memoryview, h: Header, out: np.ndarray) -> None:
-    """Decode the PCM payload of a validated AUDIO/STEM packet into out [channels, frames]."""
+def read_media(data: bytes | memoryview, h: Header, out: np.ndarray,
+               offset: int = HEADER_SIZE) -> None:
+    """Decode the PCM payload of a validated AUDIO/STEM packet into out [channels, frames].
+    offset=0 reads a bare payload (a block repaired from redundancy)."""
     if out.shape != (h.channels, h.frames):
         raise WireError("bad-media-length", "block shape differs from the session's")
     dtype = "<i2" if h.format == SampleFormat.S16LE else "<f4"
-    pcm = np.frombuffer(data, dtype=dtype, count=h.frames * h.channels, offset=HEADER_SIZE)
+    pcm = np.frombuffer(data, dtype=dtype, count=h.frames * h.channels, offset=offset)
     if h.format == SampleFormat.S16LE:
         np.multiply(pcm.reshape(h.frames, h.channels).T, 1.0 / 32768.0, out=out)
     else:
