@@ -62,6 +62,8 @@ def test_send_options_pass_through_by_field_type():
                    "hop_frames": None, "psk": b"k"}
     assert isinstance(got["block"], int)
     with pytest.raises(StemlinkError, match="no such option.*known: .*jitter_ms"):
+        parse_send_opts(["colour=red"])
+    with pytest.raises(StemlinkError, match="conceal=plc: not one of"):
         parse_send_opts(["conceal=plc"])
     with pytest.raises(StemlinkError, match="set by the benchmark"):
         parse_send_opts(["realtime=0"])

@@ -19,34 +19,147 @@ def test_parse_mix():
             parse_mix(bad, STEMS)
 
 
+def stem_packet(stem, k, value, b=256, c=2):
+    """A real STEM datagram (header + s16 payload) of a constant block."""
+    from stemlink.wire import packets as pk
+    from stemlink.wire.constants import PacketType, SampleFormat
+
+    w = pk.MediaWriter(b, c, SampleFormat.S16LE)
+    x = np.full((c, b), value, np.float32) if np.isscalar(value) else value
+    d = w.write(PacketType.STEM, x, session=1, seq=k, timestamp=k * b, send_time=0,
+                key=bytes(32), stem=stem)
+    return pk.decode_header(d), d
+
+
+def fixed(blocks, b=256, rate=44100):
+    from stemlink.udp_client.jitter import JitterConfig
+
+    return JitterConfig(fixed_ms=1000 * blocks * b / rate)
+
+
 def test_playout_mixes_stems_with_gains_at_the_model_rate():
-    po = Playout(STEMS, np.array([0.5, 1.0], np.float32), 2, 256, 44100, 44100, 2, target=1)
+    po = Playout(STEMS, np.array([0.5, 1.0], np.float32), 2, 256, 44100, 44100, 2, fixed(1))
     for k in range(4):
-        po.push(0, k * 256, np.full((2, 256), 1.0, np.float32))
-        po.push(1, k * 256, np.full((2, 256), 2.0, np.float32))
+        po.offer(*stem_packet(0, k, 0.25), 0)
+        po.offer(*stem_packet(1, k, 0.5), 0)
+    po.service(0.0)
     out = np.zeros((300, 2), np.float32)
-    po.fill(out)  # first 256 samples: the jitter buffer's stated prefill (1 block)
+    po.fill(out)  # first 256 samples: the playout buffer's stated prefill (1 block)
     np.testing.assert_array_equal(out[:256], 0.0)
-    np.testing.assert_array_equal(out[256:], 2.5)
+    np.testing.assert_array_equal(out[256:], 0.625)
+    po.service(0.0)
     po.fill(out)
-    np.testing.assert_array_equal(out, 2.5)
+    np.testing.assert_array_equal(out, 0.625)
+    assert po.underruns[0] == 0
+
+
+def test_every_gain_zero_plays_silence_without_crashing():
+    po = Playout(STEMS, np.zeros(2, np.float32), 2, 256, 44100, 44100, 2, fixed(1))
+    po.offer(*stem_packet(0, 0, 0.5), 0)
+    po.service(0.0)
+    out = np.ones((256, 2), np.float32)
+    po.fill(out)
+    assert not out.any()
 
 
 def test_playout_resamples_to_the_device_rate_and_folds_to_mono():
-    po = Playout(STEMS, np.array([1.0, 0.0], np.float32), 2, 256, 44100, 48000, 1, target=1)
+    po = Playout(STEMS, np.array([1.0, 0.0], np.float32), 2, 256, 44100, 48000, 1, fixed(1))
     t = np.arange(256 * 40) / 44100
-    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t).astype(np.float32)
     for k in range(40):
-        po.push(0, k * 256, np.stack([tone[k * 256:(k + 1) * 256]] * 2))
+        po.offer(*stem_packet(0, k, np.stack([tone[k * 256:(k + 1) * 256]] * 2)), 0)
     outs = []
     for _ in range(30):
         out = np.zeros((320, 1), np.float32)
+        po.service(0.0)
         po.fill(out)
         outs.append(out[:, 0].copy())
     y = np.concatenate(outs)[2000:8000]
     spectrum = np.abs(np.fft.rfft(y * np.hanning(y.size)))
     peak_hz = np.argmax(spectrum) * 48000 / y.size
-    assert abs(peak_hz - 440) < 10 and 0.5 < np.max(np.abs(y)) < 1.1
+    assert abs(peak_hz - 440) < 10 and 0.25 < np.max(np.abs(y)) < 0.6
+
+
+def test_playback_underrun_is_counted_and_zero_filled():
+    po = Playout(STEMS, np.array([1.0, 1.0], np.float32), 2, 256, 44100, 44100, 2, fixed(1))
+    out = np.ones((512, 2), np.float32)
+    po.fill(out)  # nothing serviced yet: the ring is dry
+    assert not out.any() and po.underruns[0] == 1
+
+
+def test_capture_overrun_leaves_a_gap_in_the_timestamps():
+    from stemlink.udp_client.live import Capture, Uplink
+
+    cap = Capture(44100, 1, seconds=0.05)  # a small ring: 4096 frames at least
+    up = Uplink(44100, 1, 44100, 2, 256)
+    frames = 1024
+    x = np.arange(20 * frames, dtype=np.float32)[:, None] / 1e5
+    for k in range(8):  # nobody drains: the ring fills, later callbacks are dropped
+        cap.callback(x[k * frames:(k + 1) * frames], frames, None, None)
+    assert cap.overruns[0] == 4
+    rec = np.zeros(2, np.int64)
+    scratch = np.zeros((8192, 1), np.float32)
+    sent = []
+    while cap.meta.get(rec):
+        cap.ring.read(scratch[:rec[1]])
+        sent += up.feed(int(rec[0]), scratch[:rec[1]])
+    for k in range(8, 10):  # the consumer caught up: capture continues at position 8 * 1024
+        cap.callback(x[k * frames:(k + 1) * frames], frames, None, None)
+    while cap.meta.get(rec):
+        cap.ring.read(scratch[:rec[1]])
+        sent += up.feed(int(rec[0]), scratch[:rec[1]])
+    ts = [t for t, _ in sent]
+    assert ts[:16] == [k * 256 for k in range(16)]  # the 4 callbacks that fitted
+    assert ts[16] == 8 * frames  # the next block is stamped where it was captured
+    first = sent[16][1][0]
+    np.testing.assert_allclose(first, x[8 * frames:8 * frames + 256, 0], rtol=0, atol=0)
+    assert up.gaps == 1 and up.gap_blocks == 16
+
+
+def test_callbacks_allocate_nothing_after_warm_up():
+    import tracemalloc
+
+    from stemlink.udp_client.live import Capture
+
+    frames = 4096  # one period is 32 KiB: any array made per call would show
+    cap = Capture(44100, 2, seconds=2.0)
+    po = Playout(STEMS, np.array([1.0, 1.0], np.float32), 2, 256, 44100, 44100, 2, fixed(2))
+    indata = np.ones((frames, 2), np.float32)
+    outdata = np.zeros((frames, 2), np.float32)
+    for k in range(64):
+        po.offer(*stem_packet(0, k, 0.1), 0)
+        po.offer(*stem_packet(1, k, 0.1), 0)
+    po.service(0.0)
+
+    def round_(n):
+        for _ in range(n):
+            cap.callback(indata, frames, None, None)
+            po.fill(outdata)
+            cap.ring.read(outdata)  # stand-ins for the other threads, outside the trace
+            while cap.meta.get(np.zeros(2, np.int64)):
+                pass
+            po.service(0.0)
+
+    round_(3)
+    tracemalloc.start()
+    try:
+        peak = 0
+        for _ in range(10):
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            cap.callback(indata, frames, None, None)
+            po.fill(outdata)
+            cur, p = tracemalloc.get_traced_memory()
+            peak = max(peak, p - base)
+            tracemalloc.stop()  # the other threads' work is not under test
+            cap.ring.read(outdata)
+            while cap.meta.get(np.zeros(2, np.int64)):
+                pass
+            po.service(0.0)
+            tracemalloc.start()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2048, peak  # a few small integers; no buffer
 
 
 class FakeDevices:
@@ -124,11 +237,12 @@ def test_live_pipeline_round_trip_through_the_real_server(model_dir, example):
     fake = FakeDevices(mono48, 48000)
     with ServerThread(ServeOptions(str(model_dir), "127.0.0.1", 0)) as st:
         stats = asyncio.run(run_live(st.address, None, None, "vocals=1,accompaniment=1",
-                                     "monitor", b"", 8, 256, seconds=6.5, devices=fake))
+                                     "monitor", b"", None, 256, seconds=6.5, devices=fake))
     y = np.concatenate(fake.recorded)[:, 0]
     assert stats["blocks_sent"] > 1000
-    for js in stats["jitter"].values():
-        assert js["pushed"] > 1000
+    # most stem blocks were played (on a loaded machine some arrive late and are concealed)
+    assert stats["jitter"]["pushed"] > stats["blocks_sent"]
+    assert stats["capture_overruns"] == 0
     # the stems' sum is the input band-limited to 11 kHz, delayed by at least D
     n = 1 << 19
     a = lowpass(mono48, 48000, 10_000)

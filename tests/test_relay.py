@@ -330,7 +330,8 @@ def test_send_through_the_relay_loses_exactly_what_the_relay_dropped(tmp_path, m
             # a long drain: every block the relay delivers is read, even on a loaded machine
             rep = asyncio.run(send_file(SendOptions(wav, relay.address, tmp_path / "relay",
                                                     realtime=True, preset="balanced",
-                                                    drain_s=5.0)))
+                                                    drain_s=5.0, conceal=None,
+                                                    mix_repair=False)))
 
     def stem_key(data):
         h = pk.decode_header(data)

@@ -176,7 +176,7 @@ def test_adjacent_swap_costs_nothing(engine, clip, undisturbed):
 
 def _concealed_span(st, t0, t1):
     """Output blocks that depend on input [t0, t1): (t0 + D - support, t1 + D + n_fft - 1)."""
-    lo, hi = t0 + st.delay - st.support + 1, t1 + st.delay + st.n_fft - 1
+    lo, hi = t0 + st.delay - st.support + 1, t1 + st.delay + st.reach - 1
     return {k for k in range(10_000) if k * B + B > lo and k * B < hi}
 
 
@@ -189,7 +189,7 @@ def test_a_lost_block_is_concealed_after_the_reorder_window(engine, clip, undist
     assert st.inferences == undisturbed[1]  # the concealed block ran its inference
     assert st.counters["concealed_input_blocks"] == 1
     # outside the affected span the output is exactly the undisturbed one
-    far = (st.delay + st.n_fft + 65 * 1024) // B + 151
+    far = (st.delay + st.reach + 65 * 1024) // B + 151
     np.testing.assert_array_equal(y[..., :120 * B], undisturbed[0][..., :120 * B])
     np.testing.assert_array_equal(y[..., far * B:], undisturbed[0][..., far * B:])
 

@@ -211,6 +211,6 @@ def test_no_stem_leaves_after_the_session_ended():
 def test_a_model_whose_accept_cannot_fit_a_datagram_is_refused_at_load():
     from stemlink.udp_server.core import ServerCore
 
-    with pytest.raises(pk.WireError, match="do not fit"):
-        ServerCore(card_stems=[f"stem-with-a-long-name-{i:02d}-" + "x" * 40 for i in range(16)],
+    with pytest.raises(pk.WireError, match="fit one datagram"):
+        ServerCore(card_stems=[f"stem-{i:02d}-" + "x" * 54 for i in range(16)],
                    model_name="m", sample_rate=44100, channels=2, make_stream=None)

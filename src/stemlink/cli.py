@@ -74,6 +74,86 @@ def export_spleeter_cmd(out: str, window_frames: int) -> None:
     click.echo(f"model ready in {out}")
 
 
+# --------------------------------------------------------------------------- other families
+@export.command("htdemucs")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="HTDemucs .th package (official release format) or {state, kwargs} file.")
+@click.option("--segment-seconds", type=click.FloatRange(0.1, None, min_open=False),
+              help="Fixed segment of the graph (default: the model's training segment).")
+@click.option("--out", default="models/htdemucs", show_default=True, type=click.Path(),
+              help="Model folder to write.")
+def export_htdemucs_cmd(checkpoint: str, segment_seconds, out: str) -> None:
+    """Export an HTDemucs checkpoint (STFT/iSTFT outside the graph) to ONNX."""
+    from stemlink.export.htdemucs import export_htdemucs
+
+    card = export_htdemucs(checkpoint, out, segment_seconds,
+                           say=lambda s: click.echo(s, err=True))
+    click.echo(f"model ready in {out}: {len(card.stems)} stems ({', '.join(card.stems)}), "
+               f"segment {card.segment} samples")
+
+
+@cli.group("import")
+def import_() -> None:
+    """Wrap model files made elsewhere into a stemlink model folder."""
+
+
+@import_.command("mdx")
+@click.argument("model_onnx", type=click.Path(dir_okay=False))
+@click.option("--n-fft", required=True, type=int, help="STFT size (UVR: 6144 or 7680).")
+@click.option("--dim-f", required=True, type=int, help="Frequency bins the model sees.")
+@click.option("--dim-t", required=True, type=int, help="STFT frames per window.")
+@click.option("--stem", required=True, help="The stem the model outputs, e.g. vocals.")
+@click.option("--complement", default=None,
+              help="Name of mixture-minus-stem (default: instrumental for vocals, "
+                   "else no_<stem>).")
+@click.option("--out", default=None, type=click.Path(), help="Model folder (default "
+              "models/mdx-<stem>).")
+def import_mdx_cmd(model_onnx, n_fft, dim_f, dim_t, stem, complement, out) -> None:
+    """Import a UVR/MDX-Net ONNX file ([B, 4, dim_f, dim_t] in and out)."""
+    from stemlink.export.mdx import import_mdx
+
+    out = out or f"models/mdx-{stem}"
+    card = import_mdx(model_onnx, out, n_fft=n_fft, dim_f=dim_f, dim_t=dim_t, stem=stem,
+                      complement=complement, say=lambda s: click.echo(s, err=True))
+    click.echo(f"model ready in {out}: {', '.join(card.stems)}")
+
+
+@cli.group("testmodel")
+def testmodel() -> None:
+    """Build random-weight models of the other families (tests, benchmarks)."""
+
+
+@testmodel.command("htdemucs")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".th file to write")
+@click.option("--sources", default="drums,bass,other,vocals", show_default=True)
+@click.option("--segment-seconds", default=1.0, show_default=True, type=float)
+@click.option("--full-size", is_flag=True,
+              help="The released architecture (channels 48, depth 4, 5 transformer layers).")
+@click.option("--format", "fmt", type=click.Choice(["package", "state"]), default="package",
+              show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+def testmodel_htdemucs(out, sources, segment_seconds, full_size, fmt, seed) -> None:
+    """A randomly initialised HTDemucs checkpoint, built by the demucs package."""
+    from stemlink.export.testmodels import random_htdemucs
+
+    p = random_htdemucs(out, [s.strip() for s in sources.split(",")],
+                        segment=segment_seconds, seed=seed, full_size=full_size, fmt=fmt)
+    click.echo(f"wrote {p}")
+
+
+@testmodel.command("mdx")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".onnx to write")
+@click.option("--kind", type=click.Choice(["identity", "zeros", "gain"]), default="identity",
+              show_default=True)
+@click.option("--dim-f", default=2048, show_default=True, type=int)
+@click.option("--dim-t", default=256, show_default=True, type=int)
+def testmodel_mdx(out, kind, dim_f, dim_t) -> None:
+    """An ONNX file with the MDX-Net layout: identity, zeros or 0.5 x input."""
+    from stemlink.export.testmodels import mdx_onnx
+
+    click.echo(f"wrote {mdx_onnx(out, kind, dim_f, dim_t)}")
+
+
 # --------------------------------------------------------------------------- separate
 def _stream_options(f):
     f = click.option("--synthesis", type=click.Choice(["standard", "asymmetric"]),
@@ -130,11 +210,14 @@ def bench() -> None:
               help="Bare model inferences timed.")
 @click.option("--audio", type=click.Path(dir_okay=False), help="Audio to stream instead.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
-def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path) -> None:
+@click.option("--preset", "presets", multiple=True, type=click.Choice(PRESET_NAMES),
+              help="Stream only these presets (default: all; a seconds-long model runs its "
+                   "whole window once per inference, so each preset costs minutes).")
+def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path, presets) -> None:
     """Compute latency per window (p50/p99) and real-time factor per preset."""
     from stemlink.bench.engine_bench import bench_engine, render, save
 
-    result = bench_engine(model, backend, seconds, audio, iterations)
+    result = bench_engine(model, backend, seconds, audio, iterations, list(presets) or None)
     result["command"] = "stemlink " + " ".join(sys.argv[1:])
     click.echo(render(result))
     if json_path:
@@ -256,6 +339,45 @@ def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_le
     run_loop(srv.run(install_signals=True))
 
 
+class _JitterParam(click.ParamType):
+    """`auto` (adaptive playout buffer) or a fixed size in milliseconds."""
+
+    name = "auto|MS"
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, float)):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            ms = float(value)
+        except ValueError:
+            self.fail(f"{value!r}: use auto or a number of milliseconds", param, ctx)
+        if not 0 < ms <= 2000:
+            self.fail(f"{value!r}: the buffer must be within (0, 2000] ms", param, ctx)
+        return ms
+
+
+_JITTER = _JitterParam()
+
+
+def _conceal_option(f):
+    from stemlink.conceal import DEFAULT_METHOD, METHODS
+
+    return click.option("--conceal", type=click.Choice(METHODS), default=DEFAULT_METHOD,
+                        show_default=True,
+                        help="How missing stem blocks are filled: faded zero-fill, repeat "
+                             "with cross-fade, pitch-period overlap-add, Burg LPC, or "
+                             "waveform matching (interpolates when the next block is "
+                             "here).")(f)
+
+
+def _redundancy_option(f):
+    return click.option("--redundancy", is_flag=True,
+                        help="Ask for XOR parity over pairs of blocks, both ways (+50 % "
+                             "bytes): any single loss is repaired exactly.")(f)
+
+
 @cli.command()
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.option("--server", default="127.0.0.1:5005", show_default=True, help="HOST:PORT")
@@ -270,17 +392,29 @@ def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_le
 @click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
 @click.option("--synthesis", type=click.Choice(["standard", "asymmetric"]),
               help="Override the preset's synthesis mode for this session.")
+@click.option("--as-heard", is_flag=True,
+              help="Write what a live listener would have heard: blocks later than the "
+                   "playout buffer (--jitter) are concealed, not written late. Default: "
+                   "archival, every block that arrives is written.")
+@click.option("--jitter", "jitter", default="auto", show_default=True, type=_JITTER,
+              help="--as-heard playout buffer: auto (adaptive) or a fixed size in ms.")
+@_conceal_option
+@_redundancy_option
 @_psk_option
 def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block, synthesis,
-         psk) -> None:
+         as_heard, jitter, conceal, redundancy, psk) -> None:
     """Stream a file to a server; write the stems it sends back."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.sender import SendOptions, save_stats, send_file
     from stemlink.udp_client.transport import parse_server
 
+    if as_heard and not realtime:
+        raise click.UsageError("--as-heard needs real-time pacing (drop "
+                               "--as-fast-as-possible)")
     opts = SendOptions(input, parse_server(server), out_dir, preset=preset, realtime=realtime,
                        jitter_ms=jitter_ms, block=int(block), psk=psk.encode(),
-                       synthesis=synthesis)
+                       synthesis=synthesis, as_heard=as_heard, jitter=jitter,
+                       conceal=conceal, redundancy=redundancy)
     rep = run_loop(send_file(opts))
     click.echo(rep.summary() if realtime else rep.summary().replace(
         "end-to-end latency", "(not paced in real time) end-to-end latency"))
@@ -294,18 +428,24 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
 @click.option("--server", default="127.0.0.1:5005", show_default=True, help="HOST:PORT")
 @click.option("--input-device", default=None, help="PortAudio input device (index or name).")
 @click.option("--output-device", default=None, help="PortAudio output device.")
-@click.option("--monitor", default="accompaniment", show_default=True,
-              help="Stem to hear, or a mix: vocals=0.2,accompaniment=1")
+@click.option("--monitor", default=None,
+              help="Stem to hear, a mix (drums=0,vocals=1,bass=0.5: unnamed stems are "
+                   "muted) or 'all'. Default: accompaniment, or every stem but vocals.")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None)
-@click.option("--jitter-blocks", default=8, show_default=True, type=click.IntRange(1, 60),
-              help="Playout buffer in blocks (the fixed delay it adds); it must cover the "
+@click.option("--jitter", "jitter", default="auto", show_default=True, type=_JITTER,
+              help="Playout buffer: auto (adaptive: grows at once after an underrun, "
+                   "shrinks slowly when clean) or a fixed size in ms. It must cover the "
                    "server's inference time, ~25 ms on a 2-core CPU.")
+@click.option("--jitter-blocks", type=click.IntRange(1, 60), default=None, hidden=True,
+              help="Deprecated: a fixed buffer of this many blocks; use --jitter MS.")
 @click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
 @click.option("--seconds", type=click.FloatRange(0.5, None), default=None,
               help="Stop after this long (default: run until Ctrl-C).")
+@_conceal_option
+@_redundancy_option
 @_psk_option
-def live(server, input_device, output_device, monitor, preset, jitter_blocks, block,
-         seconds, psk) -> None:
+def live(server, input_device, output_device, monitor, preset, jitter, jitter_blocks, block,
+         seconds, conceal, redundancy, psk) -> None:
     """Sound card -> server -> headphones, headless; Ctrl-C exits."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.live import run_live
@@ -314,14 +454,20 @@ def live(server, input_device, output_device, monitor, preset, jitter_blocks, bl
     def dev(d):
         return int(d) if d is not None and d.isdigit() else d
 
+    if jitter_blocks is not None:
+        jitter = 1000.0 * jitter_blocks * int(block) / 44100
     try:
         stats = run_loop(run_live(parse_server(server), dev(input_device),
-                                             dev(output_device), monitor, preset,
-                                             psk.encode(), jitter_blocks, int(block),
-                                             seconds))
-        for stem, js in stats["jitter"].items():
-            click.echo(f"{stem}: played {js['pushed']} blocks, concealed {js['concealed']}, "
-                       f"late {js['late']}, duplicates {js['duplicates']}")
+                                  dev(output_device), monitor, preset, psk.encode(), jitter,
+                                  int(block), seconds, conceal=conceal, redundancy=redundancy))
+        js = stats["jitter"]
+        click.echo(f"playout ({js['mode']}): {js['pushed']} stem blocks, concealed "
+                   f"{js['concealed']}, late {js['late']}, inserted {js['inserted']}, mean "
+                   f"buffer {js['mean_delay_ms']:.1f} ms; repaired {stats['repaired']}; "
+                   f"capture overruns {stats['capture_overruns']} (gaps "
+                   f"{stats['capture_gaps']}), playback underruns "
+                   f"{stats['playback_underruns']}; client CPU {stats['cpu_percent']:.1f} % "
+                   f"of a core; stated end-to-end latency {stats['stated_latency_ms']:.1f} ms")
     except KeyboardInterrupt:
         click.echo("live: stopped", err=True)
 
@@ -456,10 +602,19 @@ def relay(listen, to, profile, loss, burst, jitter_ms, delay_ms, reorder, duplic
 @click.option("--send-opt", "send_opts", multiple=True, metavar="KEY=VALUE",
               help="Pass an option to every `send` client (a SendOptions field, e.g. "
                    "jitter_ms=80). Repeatable.")
+@click.option("--conceal-sweep", "sweep", default=None, metavar="M1,M2,...",
+              help="Also replay each impaired run's arrivals under these concealment "
+                   "methods (or 'all'), archival and as-heard: loss.md and loss.png.")
+@click.option("--realtime/--as-fast-as-possible", default=True, show_default=True,
+              help="Unpaced: the server is never overloaded and the relay decides the "
+                   "same losses whatever the machine's load (archival mode only).")
+@click.option("--compare-redundancy", is_flag=True,
+              help="Run every impaired setting twice: without and with --redundancy.")
 @click.option("--out", "out_dir", default="out/bench-network", show_default=True,
               type=click.Path(file_okay=False))
 def bench_network_cmd(model, backend, audio, seconds, profiles, specs, losses, burst, outages,
-                      clients, preset, seed, sdr_from, send_opts, out_dir) -> None:
+                      clients, preset, seed, sdr_from, send_opts, realtime, sweep,
+                      compare_redundancy, out_dir) -> None:
     """The server through the impairment relay: lost/late/concealed blocks, end-to-end
     latency, SDR against an undisturbed run, server CPU and counters, per run."""
     import shlex
@@ -481,12 +636,26 @@ def bench_network_cmd(model, backend, audio, seconds, profiles, specs, losses, b
     if not (profiles or specs or losses or outages):
         raise StemlinkError("nothing to compare with the reference: give --profile, "
                             "--relay, --loss or --outage")
+    methods = None
+    if sweep:
+        from stemlink.conceal import METHODS
+
+        methods = list(METHODS) if sweep == "all" else [m.strip() for m in sweep.split(",")]
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            raise StemlinkError(f"--conceal-sweep: unknown method(s) {', '.join(bad)}; "
+                                f"known: {', '.join(METHODS)}")
     click.echo("command: stemlink " + shlex.join(sys.argv[1:]), err=True)
     r = bench_network(model, audio, seconds, list(profiles), list(specs), list(losses), burst,
                       list(outages), clients, preset, backend, seed, sdr_from,
                       parse_send_opts(list(send_opts)), Path(out_dir),
-                      say=lambda s: click.echo(s, err=True))
+                      say=lambda s: click.echo(s, err=True), sweep=methods,
+                      compare_redundancy=compare_redundancy, realtime=realtime)
     click.echo(render(r))
+    if methods:
+        from stemlink.bench.network import render_sweep
+
+        click.echo("\n" + render_sweep(r))
     click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
 
 
@@ -505,6 +674,37 @@ def bench_relay_cmd(datagrams, seed, out_dir) -> None:
     click.echo(render(r))
     save(r, Path(out_dir))
     click.echo(f"\nwrote {out_dir}/relay.json, {out_dir}/relay.md, {out_dir}/{PNG}")
+
+
+@bench.command("playout")
+@click.option("--profile", "profiles", multiple=True, default=["wifi"], show_default=True,
+              type=click.Choice(["wired", "wifi", "stress"]))
+@click.option("--step-jitter-ms", default=30.0, show_default=True,
+              type=click.FloatRange(0, 1000),
+              help="The step scenario: wifi, then this jitter cap from halfway.")
+@click.option("--seconds", default=60.0, show_default=True, type=click.FloatRange(2, 3600))
+@click.option("--fixed-ms", "fixed_ms", multiple=True, type=click.FloatRange(1, 2000),
+              default=[46.0, 20.0], show_default=True, help="Fixed buffers to compare.")
+@click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
+@click.option("--period", default=256, show_default=True, type=click.IntRange(16, 8192),
+              help="Samples per pop (the device period at 44.1 kHz).")
+@click.option("--inference-every", "every", default=8, show_default=True,
+              type=click.IntRange(1, 64), help="Server model: blocks per inference.")
+@click.option("--compute-ms", default=25.0, show_default=True, type=click.FloatRange(0, 1000),
+              help="Server model: one inference's time.")
+@click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--out", "out_dir", default="out/bench-playout", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_playout_cmd(profiles, step_jitter_ms, seconds, fixed_ms, block, period, every,
+                      compute_ms, seed, out_dir) -> None:
+    """Fixed against adaptive playout buffer on simulated arrivals (the relay's impairment
+    model behind a modelled server): mean added delay, concealed blocks, time to adapt."""
+    from stemlink.bench.playout import PNG, bench_playout, render
+
+    r = bench_playout(list(profiles), step_jitter_ms, seconds, list(fixed_ms), int(block),
+                      period, every, compute_ms, seed, Path(out_dir))
+    click.echo(render(r))
+    click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
 
 
 @bench.command("make-song")

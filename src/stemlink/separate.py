@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from stemlink import audio as aio
-from stemlink.engine.offline import separate_offline
+from stemlink.engine import families
 from stemlink.engine.session import open_engine
 from stemlink.engine.streaming import StreamingSeparator
 
@@ -60,15 +60,17 @@ def separate_file(inp: str | Path, model: str | Path, out_dir: str | Path, *,
         card = engine.card
         xm = aio.resample(aio.to_channels(x, card.channels), sr, card.sample_rate)
         if offline:
-            stems = separate_offline(card, engine.backend, xm, progress)
-            delay, describe = None, "offline (whole-file segments)"
+            stems = families.separate_offline(card, engine.backend, xm, progress)
+            delay, describe = None, ("offline (apply_model-equivalent segments, overlap "
+                                     "0.25)" if families.is_segment(card)
+                                     else "offline (whole-file segments)")
         else:
             cfg = engine.config(preset, hop_frames, lookahead, synthesis)
             sep = engine.separator(cfg)
             stems = stream_array(sep, xm, progress)
             delay = sep.delay
-            describe = (f"streaming {preset or 'custom'}: H={cfg.hop_frames} L={cfg.lookahead} "
-                        f"{cfg.synthesis}, {sep.latency.describe()}")
+            describe = (f"streaming {preset or 'custom'}: {families.describe_config(cfg)}, "
+                        f"{sep.latency.describe()}")
     finally:
         engine.close()
     stems = np.stack([aio.resample(s, card.sample_rate, sr, length=n) for s in stems])

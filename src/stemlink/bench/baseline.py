@@ -29,7 +29,7 @@ def build_app(model: str, backend: str = "cpu", compute_ns: list | None = None,
     from fastapi import FastAPI, WebSocket, WebSocketDisconnect
     from fastapi.websockets import WebSocketState
 
-    from stemlink.engine.offline import separate_offline
+    from stemlink.engine.families import separate_offline
     from stemlink.engine.session import open_engine
 
     engine = open_engine(model, backend)

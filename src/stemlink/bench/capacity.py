@@ -29,8 +29,8 @@ def available_backends() -> list[str]:
 
 def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
                    max_clients: int, out: Path) -> dict:
+    from stemlink.engine import families
     from stemlink.engine.card import load_card
-    from stemlink.engine.presets import preset as preset_config
 
     card = load_card(model)
 
@@ -40,8 +40,9 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
         tmp = Path(td)
         bench_audio(seconds, tmp / "bench.wav")
         for backend in backends:
-            cfg = preset_config(preset, accelerated=backend != "cpu")
-            budget_ms = 1000.0 * cfg.hop_frames * card.hop / card.sample_rate
+            cfg = families.preset(card, preset, accelerated=backend != "cpu")
+            per_run = getattr(families.latency(card, cfg), "stride", cfg.hop_frames * card.hop)
+            budget_ms = 1000.0 * per_run / card.sample_rate
             port = procs.free_port()
             child = procs.stemlink_server(model, port, preset, backend,
                                           tmp / f"{backend}.json", max_sessions=max_clients)

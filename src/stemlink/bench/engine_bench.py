@@ -10,13 +10,14 @@ from pathlib import Path
 from stemlink import audio as aio
 from stemlink.bench.machine import describe, machine
 from stemlink.bench.stats import markdown_table
+from stemlink.engine.families import synthesis_label
 from stemlink.engine.presets import PRESETS
 from stemlink.engine.session import open_engine
 from stemlink.percentiles import summarize
 
 
 def bench_engine(model: str, backend: str, seconds: float, audio_path: str | None,
-                 iterations: int) -> dict:
+                 iterations: int, presets: list[str] | None = None) -> dict:
     from stemlink.export.checkpoint import example_audio
 
     x, sr = aio.read_audio(audio_path or example_audio())
@@ -30,8 +31,9 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
             t = time.perf_counter()
             engine.backend.infer()
             infer_ms.append((time.perf_counter() - t) * 1e3)
+        delays = {name: engine.latency(engine.config(name)).samples for name in PRESETS}
         rows = []
-        for name in PRESETS:
+        for name in presets or PRESETS:
             cfg = engine.config(name)
             sep = engine.separator(cfg)
             hop = card.hop
@@ -45,11 +47,13 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
                 if sep.stats.inferences > before:
                     window_ms.append(dt * 1e3)
             audio_s = x.shape[1] / card.sample_rate
-            budget_ms = 1e3 * cfg.hop_frames * hop / card.sample_rate
+            # one inference per H hops (frame families) or per stride (segment families)
+            per_run = getattr(sep.latency, "stride", cfg.hop_frames * hop)
+            budget_ms = 1e3 * per_run / card.sample_rate
             p = summarize(window_ms, (50, 99))
             rows.append({
                 "preset": name, "H": cfg.hop_frames, "L": cfg.lookahead,
-                "synthesis": cfg.synthesis, "delay_samples": sep.delay,
+                "synthesis": synthesis_label(cfg), "delay_samples": sep.delay,
                 "delay_ms": sep.latency.ms, "window_ms": p, "budget_ms": budget_ms,
                 "rtf": total / audio_s, "realtime": bool(p["p99"] < budget_ms),
             })
@@ -57,8 +61,10 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
         engine.close()
     return {
         "benchmark": "engine", "backend": engine.backend.name, "model": card.name,
+        "representation": card.representation, "segment": card.segment,
         "window_frames": card.window_frames, "audio_seconds": x.shape[1] / card.sample_rate,
         "inference_ms": summarize(infer_ms, (50, 99)), "presets": rows, "machine": machine(),
+        "delay_samples_per_preset": delays, "sample_rate": card.sample_rate,
     }
 
 
@@ -68,6 +74,11 @@ def render(result: dict) -> str:
             f"{describe(result['machine'])}\n"
             f"command: {result.get('command', '')}\n"
             f"one inference (model only): p50 {inf['p50']:.2f} ms, p99 {inf['p99']:.2f} ms\n")
+    if "delay_samples_per_preset" in result:  # exact, from the card (streamed or not)
+        sr = result["sample_rate"]
+        head += "D per preset: " + ", ".join(
+            f"{k} {d} samples ({1000 * d / sr:.1f} ms)"
+            for k, d in result["delay_samples_per_preset"].items()) + "\n"
     rows = [[r["preset"], r["H"], r["L"], r["synthesis"], f"{r['delay_ms']:.1f}",
              f"{r['window_ms']['p50']:.2f}", f"{r['window_ms']['p99']:.2f}",
              f"{r['budget_ms']:.1f}", f"{r['rtf']:.3f}", "yes" if r["realtime"] else "NO"]

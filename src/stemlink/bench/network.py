@@ -43,6 +43,18 @@ class RunSpec:
     name: str
     relay_args: list[str] | None  # `stemlink relay` flags; None = straight to the server
     sdr_from_s: float | None = None
+    send_opts: dict = dataclasses.field(default_factory=dict)  # this run's extra options
+
+
+def with_redundancy(runs: list[RunSpec]) -> list[RunSpec]:
+    """Every impaired run twice: without and with `send --redundancy`."""
+    out = [runs[0]]
+    for r in runs[1:]:
+        out.append(dataclasses.replace(r, name=f"{r.name}, redundancy off",
+                                       send_opts={**r.send_opts, "redundancy": False}))
+        out.append(dataclasses.replace(r, name=f"{r.name}, redundancy on",
+                                       send_opts={**r.send_opts, "redundancy": True}))
+    return out
 
 
 def plan_runs(profiles: list[str], specs: list[str], losses: list[float], burst: float,
@@ -80,6 +92,12 @@ def parse_send_opts(items: list[str]) -> dict:
             raise StemlinkError(f"--send-opt {key}: `send` has no such option (known: "
                                 f"{', '.join(usable)})")
         out[key] = _convert(key, raw.strip(), fields[key])
+        if key == "conceal" and out[key] is not None:
+            from stemlink.conceal import METHODS
+
+            if out[key] not in METHODS:
+                raise StemlinkError(f"--send-opt conceal={raw}: not one of "
+                                    f"{', '.join(METHODS)}")
     return out
 
 
@@ -124,20 +142,21 @@ def prepare_audio(path: str | None, seconds: float | None, out: Path) -> tuple[P
 
 
 def _run_clients(wav: Path, addrs: list[tuple[str, int]], out_dirs: list[Path], preset: str,
-                 send_opts: dict) -> list:
+                 send_opts: dict, realtime: bool = True) -> list:
     from stemlink.loop import run_loop
     from stemlink.udp_client.sender import SendOptions, send_file
 
     async def go():
         return await asyncio.gather(*[
-            send_file(SendOptions(wav, a, d, preset=preset, realtime=True, **send_opts))
+            send_file(SendOptions(wav, a, d, preset=preset, realtime=realtime, **send_opts))
             for a, d in zip(addrs, out_dirs, strict=True)], return_exceptions=True)
 
     return run_loop(go())
 
 
 def run_one(spec: RunSpec, model: str, wav: Path, clients: int, preset: str, backend: str,
-            send_opts: dict, tmp: Path, index: int) -> dict:
+            send_opts: dict, tmp: Path, index: int, sweep: list[str] | None = None,
+            realtime: bool = True) -> dict:
     port = procs.free_port()
     server = procs.stemlink_server(model, port, preset, backend, tmp / f"server{index}.json")
     relay = None
@@ -149,7 +168,10 @@ def run_one(spec: RunSpec, model: str, wav: Path, clients: int, preset: str, bac
                                                            tmp / f"relay{index}.json")
             addrs[0] = ("127.0.0.1", rport)
         dirs = [tmp / f"run{index}" / f"client{c}" for c in range(clients)]
-        reps = _run_clients(wav, addrs, dirs, preset, send_opts)
+        opts = {**send_opts, **spec.send_opts}
+        if sweep and spec.relay_args is not None:
+            opts["keep_raw"] = True
+        reps = _run_clients(wav, addrs, dirs, preset, opts, realtime)
         cpu = server.cpu_use()
     finally:
         relay_stats = relay.stop() if relay is not None else None
@@ -158,8 +180,9 @@ def run_one(spec: RunSpec, model: str, wav: Path, clients: int, preset: str, bac
     counters = stats.get("counters", {})
     return {
         "name": spec.name, "relay_command": relay_cmd, "sdr_from_s": spec.sdr_from_s,
-        "clients": [_client(r, c, spec.relay_args is not None and c == 0)
+        "clients": [_client(r, c, spec.relay_args is not None and c == 0, sweep, realtime)
                     for c, r in enumerate(reps)],
+        "send_options": {k: v for k, v in spec.send_opts.items()},
         "stem_dirs": [str(d) for d in dirs],
         "server": {"cpu_cores": cpu, "counters": counters,
                    "inferences": counters.get("inferences"),
@@ -168,12 +191,31 @@ def run_one(spec: RunSpec, model: str, wav: Path, clients: int, preset: str, bac
     }
 
 
-def _client(rep, index: int, impaired: bool) -> dict:
+def _client(rep, index: int, impaired: bool, sweep: list[str] | None = None,
+            realtime: bool = True) -> dict:
     if isinstance(rep, StemlinkError):  # e.g. the session was refused or never answered
         return {"client": index, "through_relay": impaired, "error": str(rep)}
     if isinstance(rep, BaseException):
         raise rep
+    extra = {}
+    if sweep and rep.raw is not None:  # the same arrivals under every policy
+        from stemlink.udp_client.sender import replay
+
+        extra["_sweep"] = {}
+        modes = ("archival", "as-heard") if realtime else ("archival",)  # as heard: paced
+        for method in sweep:
+            for mode in modes:
+                stems, info = replay(rep, method, mode == "as-heard")
+                extra["_sweep"][(method, mode, True)] = (stems, info)
+        for mode in modes:  # the default without the mixture repair
+            stems, info = replay(rep, sweep[-1] if "match" not in sweep else "match",
+                                 mode == "as-heard", mix_repair=False)
+            extra["_sweep"][("match" if "match" in sweep else sweep[-1], mode, False)] = (
+                stems, info)
+        rep.raw = None
     return {"client": index, "through_relay": impaired, "preset": rep.preset,
+            "recovered": rep.recovered, "cpu_percent": rep.cpu_percent,
+            "cpu_ms_per_block": rep.cpu_ms_per_block, "repair": rep.repair, **extra,
             "delay_ms": 1000 * rep.delay / rep.sample_rate, "sent": rep.sent,
             "received": rep.received, "expected": rep.expected, "lost": rep.lost,
             "late": rep.late, "concealed": rep.concealed, "duplicates": rep.duplicates,
@@ -207,6 +249,23 @@ def _add_sdr(run: dict, ref: dict, sr: int) -> None:
                 tail[stem] = _sdr_or_none(want[k:], est[k:])
         cl["sdr_db"] = full
         cl["sdr_from_db"] = tail or None
+        if "_sweep" in cl:
+            rows = []
+            for (method, mode, repair), (stems, info) in cl.pop("_sweep").items():
+                sd = {}
+                for j, stem in enumerate(cl["stems"]):
+                    want, _ = sf.read(Path(rd) / f"{stem}.wav", dtype="float32",
+                                      always_2d=True)
+                    est = stems[j].T
+                    if est.shape != want.shape:  # other rate/channels: not comparable here
+                        sd[stem] = None
+                        continue
+                    sd[stem] = _sdr_or_none(want, est)
+                rows.append({"conceal": method, "mode": mode, "mix_repair": repair,
+                             "sdr_db": sd, "concealed": info.get("concealed"),
+                             **{k: info[k] for k in ("mean_delay_ms", "late", "inserted")
+                                if k in info}})
+            cl["sweep"] = rows
         run["clients"][c] = cl
 
 
@@ -214,8 +273,11 @@ def bench_network(model: str, audio: str | None, seconds: float | None, profiles
                   specs: list[str], losses: list[float], burst: float,
                   outages: list[tuple[float, float]], clients: int, preset: str,
                   backend: str, seed: int, sdr_from_s: float | None, send_opts: dict,
-                  out: Path, say=lambda s: None) -> dict:
+                  out: Path, say=lambda s: None, sweep: list[str] | None = None,
+                  compare_redundancy: bool = False, realtime: bool = True) -> dict:
     runs = plan_runs(profiles, specs, losses, burst, outages, seed, sdr_from_s)
+    if compare_redundancy:
+        runs = with_redundancy(runs)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
@@ -229,7 +291,8 @@ def bench_network(model: str, audio: str | None, seconds: float | None, profiles
         results = []
         for i, spec in enumerate(runs):
             say(f"[{i + 1}/{len(runs)}] {spec.name} ...")
-            res = run_one(spec, model, wav, clients, preset, backend, send_opts, tmp, i)
+            res = run_one(spec, model, wav, clients, preset, backend, send_opts, tmp, i, sweep,
+                          realtime)
             if results:
                 _add_sdr(res, results[0], sr)
             results.append(res)
@@ -242,12 +305,113 @@ def bench_network(model: str, audio: str | None, seconds: float | None, profiles
         "seed": seed, "send_options": {k: (v.decode() if isinstance(v, bytes) else
                                            getattr(v, "name", v))
                                        for k, v in send_opts.items()},
-        "recovery_s": RECOVERY_S, "runs": results,
+        "recovery_s": RECOVERY_S, "runs": results, "sweep": sweep or [],
+        "paced": realtime,
     }
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(render(result) + "\n")
     plot(result, out / PNG)
+    if sweep:
+        (out / "loss.md").write_text(render_sweep(result) + "\n")
+        plot_sweep(result, out / SWEEP_PNG)
     return result
+
+
+SWEEP_PNG = "loss.png"
+
+
+def _sweep_rows(result: dict):
+    for r in result["runs"][1:]:
+        c = r["clients"][0]
+        for row in c.get("sweep", []):
+            yield r, c, row
+
+
+def render_sweep(result: dict) -> str:
+    """SDR against the undisturbed run for every concealment method, in both send modes,
+    from the same arrivals of each run."""
+    methods = result["sweep"]
+    stems = result["runs"][0]["clients"][0].get("stems", [])
+    table: dict = {}
+    extra: dict = {}
+    for r, c, row in _sweep_rows(result):
+        key = (r["name"], row["mode"])
+        table.setdefault(key, {})
+        label = row["conceal"] + ("" if row["mix_repair"] else " (no mix repair)")
+        table[key][label] = _fmt_sdr(row["sdr_db"], stems)
+        ex = extra.setdefault(key, {"lost": c["lost"], "recovered": c.get("recovered", 0)})
+        if row["mode"] == "as-heard" and row["conceal"] == methods[-1] and row["mix_repair"]:
+            ex["delay"] = row.get("mean_delay_ms")
+            ex["late"] = row.get("late")
+    labels = [*methods, ("match" if "match" in methods else methods[-1]) + " (no mix repair)"]
+    rows = []
+    for (name, mode), cols in table.items():
+        ex = extra[(name, mode)]
+        rows.append([name, mode, ex["lost"], ex["recovered"],
+                     *[cols.get(lb, "–") for lb in labels],
+                     "–" if ex.get("delay") is None else f"{ex['delay']:.1f}"])
+    head = ["run", "send mode", "stem blocks lost", "repaired (redundancy)",
+            *[f"{lb}: SDR dB ({' / '.join(stems)})" for lb in labels],
+            "as-heard mean buffer ms"]
+    pacing = ("paced in real time" if result.get("paced", True) else
+              "unpaced: as fast as the server allows, so nothing is late and only the "
+              "archival mode applies")
+    return (f"loss and concealment: {result['audio']} ({result['seconds']:.1f} s), preset "
+            f"{result['preset']}, seed {result['seed']}\nmachine: "
+            f"{describe(result['machine'])}\ncommand: {result['command']}\n\n"
+            f"{markdown_table(head, rows)}\n\nEach run streams once ({pacing}); every "
+            "column replays that run's arrivals under one client policy (concealment "
+            "method; archival = every block that arrived, as-heard = the adaptive playout "
+            "buffer on the same audio clock). The server conceals lost input with its "
+            "default (match) in every run.")
+
+
+def plot_sweep(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stems = result["runs"][0]["clients"][0].get("stems", [])
+    methods = result["sweep"]
+    series: dict = {}
+    for r, _c, row in _sweep_rows(result):
+        if not row["mix_repair"]:
+            continue
+        red = "redundancy on" in r["name"]
+        loss = r["name"].split(",")[0]
+        for stem in stems:
+            v = row["sdr_db"].get(stem)
+            series.setdefault((stem, row["mode"], red, row["conceal"]), []).append(
+                (loss, np.nan if v is None else min(v, 60)))
+    if not series:
+        return
+    modes = [m for m in ("archival", "as-heard") if any(k[1] == m for k in series)]
+    fig, axes = plt.subplots(len(stems), len(modes), figsize=(6 * len(modes) + 1,
+                                                              3.4 * len(stems)),
+                             dpi=110, squeeze=False)
+    for i, stem in enumerate(stems):
+        for j, mode in enumerate(modes):
+            ax = axes[i][j]
+            for red in (False, True):
+                for m in methods:
+                    pts = series.get((stem, mode, red, m), [])
+                    if pts:
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts],
+                                "-o" if red else "--s", ms=3,
+                                label=f"{m}{', redundancy' if red else ''}")
+            ax.set_title(f"{stem}, send {mode}", fontsize=9)
+            ax.set_ylabel("SDR vs undisturbed run (dB, cap 60)")
+            ax.grid(True, alpha=0.3)
+            ax.tick_params(axis="x", labelsize=7)
+            ax.axhline(14, color="grey", lw=0.6)
+            ax.axhline(22, color="grey", lw=0.6)
+    axes[0][0].legend(fontsize=6, ncol=2)
+    fig.suptitle(f"loss and concealment: {result['audio']}, preset {result['preset']}\n"
+                 f"{describe(result['machine'])}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _fmt_sdr(d: dict | None, stems: list[str]) -> str:

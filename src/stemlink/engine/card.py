@@ -15,6 +15,7 @@ CARD_FILE = "model.json"
 CARD_VERSION = 1
 REPRESENTATIONS = ("magnitude-mask", "complex-spectrogram", "hybrid")
 MASK_EXTENSIONS = ("zeros", "average")
+NAME_FORBIDDEN = frozenset("/\\,=") | frozenset(chr(i) for i in range(32))
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ModelCard:
     exporter: dict[str, Any] = field(default_factory=dict)
     engines: list[dict[str, Any]] = field(default_factory=list)  # TensorRT plans, per GPU
     card_version: int = CARD_VERSION
+    segment: int = 0  # samples per graph window for the segment families (hybrid, MDX)
 
     @property
     def n_bins(self) -> int:
@@ -109,6 +111,7 @@ def card_from_dict(d: Any) -> ModelCard:
             exporter=dict(d.get("exporter", {})),
             engines=list(d.get("engines", [])),
             card_version=int(d.get("card_version", CARD_VERSION)),
+            segment=int(d.get("segment", 0)),
         )
     except (TypeError, ValueError) as e:
         raise ModelCardError(f"card has a field of the wrong type: {e}") from None
@@ -128,9 +131,16 @@ def validate(card: ModelCard) -> None:
         raise ModelCardError("stems must be 1 to 16 distinct names")
     if card.representation not in REPRESENTATIONS:
         raise ModelCardError(f"representation {card.representation!r} is unknown")
-    if card.representation != "magnitude-mask":
-        raise ModelCardError(
-            f"representation {card.representation!r} is not implemented by this engine yet")
+    _validate_wire(card)
+    if card.representation == "magnitude-mask":
+        _validate_mask(card)
+    else:
+        _validate_segment(card)
+    if not math.isfinite(card.hop / card.sample_rate):
+        raise ModelCardError("hop/sample_rate is not finite")
+
+
+def _validate_mask(card: ModelCard) -> None:
     if card.n_fft <= 0 or card.n_fft & (card.n_fft - 1):
         raise ModelCardError(f"n_fft {card.n_fft} must be a power of two")
     if card.hop <= 0 or card.n_fft % card.hop:
@@ -151,8 +161,63 @@ def validate(card: ModelCard) -> None:
             raise ModelCardError(f"{g.file}: input shape {i} does not match the card")
         if o[1:] != [len(card.stems), card.channels, g.frames, card.bins]:
             raise ModelCardError(f"{g.file}: output shape {o} does not match the card")
-    if not math.isfinite(card.hop / card.sample_rate):
-        raise ModelCardError("hop/sample_rate is not finite")
+
+
+def _validate_segment(card: ModelCard) -> None:
+    """hybrid (HTDemucs) and complex-spectrogram (MDX-Net): one fixed waveform segment per
+    graph run, STFT/iSTFT outside the graph (engine/segments.py)."""
+    if card.window != "hann":
+        raise ModelCardError(f"window {card.window!r} is not supported (hann only)")
+    if card.n_fft <= 0 or card.n_fft % 2 or card.hop <= 0 or card.hop > card.n_fft:
+        raise ModelCardError(f"n_fft {card.n_fft} must be even and hop {card.hop} within it")
+    if card.segment < max(4 * card.hop, card.n_fft // 2 + 1):
+        raise ModelCardError(f"segment {card.segment} samples is too short for n_fft "
+                             f"{card.n_fft} / hop {card.hop}")
+    c, s, f, t, n = card.channels, len(card.stems), card.bins, card.window_frames, card.segment
+    g = card.streaming
+    if card.representation == "hybrid":
+        if f != card.n_fft // 2 or t != math.ceil(n / card.hop):
+            raise ModelCardError("hybrid: bins must be n_fft/2 and window_frames ceil(segment/hop)")
+        want_in = {"mix": [c, n], "spec": [2 * c, f, t]}
+        want_out = {"time": [s, c, n], "spec_out": [s, 2 * c, f, t]}
+    else:
+        if s != 2:
+            raise ModelCardError("complex-spectrogram: stems must be the model's stem and its "
+                                 "complement (mixture minus it)")
+        if not 0 < f <= card.n_bins or n != card.hop * (t - 1):
+            raise ModelCardError("complex-spectrogram: bins must be within n_fft/2+1 and segment "
+                                 "hop * (window_frames - 1)")
+        want_in = {t_.name: [2 * c, f, t] for t_ in g.inputs}
+        want_out = {t_.name: [2 * c, f, t] for t_ in g.outputs}
+        if len(want_in) != 1 or len(want_out) != 1:
+            raise ModelCardError(f"{g.file}: expected one input and one output tensor")
+    if g.frames != t:
+        raise ModelCardError("window_frames must match the streaming graph's frames")
+    for specs, want in ((g.inputs, want_in), (g.outputs, want_out)):
+        got = {t_.name: t_.shape[1:] for t_ in specs}
+        if got != want:
+            raise ModelCardError(f"{g.file}: tensors {got} do not match the card ({want})")
+
+
+def _validate_wire(card: ModelCard) -> None:
+    """Stems travel as a u8 index below MAX_STEMS, and the model and stem names all go in
+    one ACCEPT datagram: refuse a card the wire could not announce."""
+    from stemlink.wire.constants import MAX_STEMS
+    from stemlink.wire.packets import WireError, check_accept_fits
+
+    if len(card.stems) > MAX_STEMS:
+        raise ModelCardError(f"{len(card.stems)} stems: the wire carries at most {MAX_STEMS}")
+    for s in card.stems:  # names become <stem>.wav files and --monitor stem=gain specs
+        if s != s.strip() or any(ch in s for ch in NAME_FORBIDDEN) or s in (".", ".."):
+            raise ModelCardError(f"stem names must not contain / \\ , = or control "
+                                 f"characters or surrounding spaces: {s[:40]!r}")
+    try:
+        check_accept_fits(card.name, card.stems)
+    except WireError as e:
+        if e.reason == "bad-name":
+            raise ModelCardError("model and stem names must be 1 to 64 bytes of UTF-8 "
+                                 "each") from None
+        raise ModelCardError(str(e).removeprefix("bad-accept: ")) from None
 
 
 def load_card(folder: str | Path) -> ModelCard:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from stemlink.engine.backend import Backend, make_backend
+from stemlink.engine import families
+from stemlink.engine.backend import Backend
 from stemlink.engine.card import ModelCard, load_card
-from stemlink.engine.presets import StreamConfig, preset
+from stemlink.engine.presets import StreamConfig
 from stemlink.engine.streaming import StreamingSeparator
 
 
@@ -24,15 +25,15 @@ class Engine:
 
     def config(self, name: str | None, hop_frames: int | None = None,
                lookahead: int | None = None, synthesis: str | None = None) -> StreamConfig:
-        base = preset(name or "monitor", self.accelerated)
-        return StreamConfig(
-            hop_frames if hop_frames is not None else base.hop_frames,
-            lookahead if lookahead is not None else base.lookahead,
-            synthesis or base.synthesis,
-        )
+        # the card's family picks the preset table (engine/families.py)
+        return families.config(self.card, name, self.accelerated, hop_frames, lookahead,
+                               synthesis)
 
     def separator(self, config: StreamConfig, slot: int = 0) -> StreamingSeparator:
-        return StreamingSeparator(self.card, self.backend, config, slot=slot)
+        return families.make_separator(self.card, self.backend, config, slot)
+
+    def latency(self, config: StreamConfig):
+        return families.latency(self.card, config)
 
     def close(self) -> None:
         self.backend.deactivate()
@@ -42,6 +43,6 @@ def open_engine(model: str | Path, backend: str = "cpu", *, graph: str = "stream
                 batch: int = 1, **kw) -> Engine:
     folder = Path(model)
     card = load_card(folder)
-    be = make_backend(backend, card, folder, graph=graph, batch=batch, **kw)
+    be = families.make_backend(backend, card, folder, graph=graph, batch=batch, **kw)
     be.activate()
     return Engine(card, folder, be, backend)

@@ -16,7 +16,16 @@ import numpy as np
 from stemlink.errors import StemlinkError
 from stemlink.wire import packets as pk
 from stemlink.wire.auth import handshake_key, session_key
-from stemlink.wire.constants import PRESET_CODES, SYNTHESIS_CODES, PacketType, SampleFormat
+from stemlink.wire.constants import (
+    HEADER_SIZE,
+    PRESET_CODES,
+    SYNTHESIS_CODES,
+    Features,
+    Flags,
+    PacketType,
+    SampleFormat,
+)
+from stemlink.wire.redundancy import RedundancyDecoder, RedundancyEncoder
 
 
 class ClientError(StemlinkError):
@@ -46,7 +55,8 @@ class Rejected:
 @dataclass(frozen=True, slots=True)
 class StemBlock:
     header: pk.Header
-    data: bytes  # the whole datagram; decode with wire.packets.read_media()
+    data: bytes  # the whole datagram; decode with wire.packets.read_media(data, header, out)
+    recovered: bool = False  # repaired from redundancy (never sent as such)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +111,13 @@ class ClientCore:
         self._last_hello = 0.0
         self._cookie = bytes(32)
         self._writer: pk.MediaWriter | None = None
+        self._fec_up: RedundancyEncoder | None = None
+        self._fec_down: dict[int, RedundancyDecoder] = {}
+        self.granted = 0  # features the server granted
+
+    @property
+    def redundancy(self) -> bool:
+        return bool(self.granted & Features.REDUNDANCY)
 
     # ---------------------------------------------------------------- handshake
     def _hello(self, now: float) -> bytes:
@@ -144,7 +161,23 @@ class ClientCore:
                 raise pk.WireError("unknown-session")
             if not pk.check_tag(data, self.key):
                 raise pk.WireError("bad-tag")
-            return [StemBlock(h, data)]
+            if not self.redundancy:
+                if h.flags & Flags.REDUNDANT:
+                    raise pk.WireError("redundancy-not-granted")
+                return [StemBlock(h, data)]
+            dec = self._fec_down.get(h.stem)
+            if dec is None:
+                if h.stem >= len(self.accept.stems) or h.frames != self.accept.block_frames:
+                    raise pk.WireError("bad-stem-block")
+                dec = self._fec_down[h.stem] = RedundancyDecoder(h.frames)
+            out = []
+            for h2, body in dec.feed(h, pk.payload(data, h), now):
+                if h2 is h:
+                    out.append(StemBlock(h, data))
+                else:  # repaired: a datagram-shaped copy so read_media() reads it alike
+                    self.counters["recovered"] += 1
+                    out.append(StemBlock(h2, bytes(HEADER_SIZE) + body, recovered=True))
+            return out
         if t is PacketType.ERROR and h.session != 0:
             if self.state is not State.ESTABLISHED or h.session != self.session:
                 raise pk.WireError("unknown-session")
@@ -186,6 +219,9 @@ class ClientCore:
             # the server names the rate and channels it separates; the client converts
             self.sample_rate, self.channels = acc.sample_rate, acc.channels
             self._writer = pk.MediaWriter(acc.block_frames, acc.channels, acc.format)
+            self.granted = acc.features & self.features
+            if self.redundancy:
+                self._fec_up = RedundancyEncoder(acc.block_frames, self._writer.payload_len)
             return [Accepted(acc, h.session)]
         if t is PacketType.ERROR and self.state in (State.HELLO_SENT, State.COOKIE_SENT):
             err = pk.decode_error(body)
@@ -202,6 +238,25 @@ class ClientCore:
                                flags=flags)
         self.seq = (self.seq + 1) & 0xFFFFFFFF
         return d
+
+    def audio_datagrams(self, block: np.ndarray, timestamp: int, now_ns: int,
+                        flags: int = 0) -> list[bytes]:
+        """The AUDIO datagram for a block, and after every second block (redundancy
+        granted) the parity datagram of the pair."""
+        d = self.audio(block, timestamp, now_ns, flags)
+        if self._fec_up is None:
+            return [d]
+        par = self._fec_up.add(timestamp, memoryview(d)[HEADER_SIZE:HEADER_SIZE +
+                                                        self._writer.payload_len],
+                               bool(flags & Flags.LAST))
+        if par is None:
+            return [d]
+        ts, body, pflags = par
+        w = self._writer
+        p = pk.encode(pk.Header(PacketType.AUDIO, pflags, self.session, self.seq, ts, now_ns,
+                                w.frames, w.channels, w.format), body, self.key)
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        return [d, p]
 
     def ping(self, now: float) -> bytes:
         return pk.encode(pk.Header(PacketType.PING, 0, self.session, 0, 0, int(now * 1e9)),

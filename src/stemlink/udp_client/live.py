@@ -1,8 +1,22 @@
-"""`stemlink live`: sound card in -> server -> jitter buffer -> sound card out, headless.
+"""`stemlink live`: sound card in -> server -> playout buffer -> sound card out, headless.
 
-The PortAudio callbacks only copy: capture hands blocks to the event loop with
-call_soon_threadsafe; playback pops the jitter buffers and mixes. A device rate other than
-the model's is converted with streaming python-soxr resamplers on both sides.
+Threads and what they own:
+- the PortAudio capture callback: copies its frames into a FrameRing and records
+  (device position, frames) in a MetaRing; nothing else (no lock, no allocation);
+- the event loop: drains that ring every POLL_S, converts channels and rate (python-soxr,
+  allocating freely here), cuts blocks, timestamps them by device position (so frames the
+  ring had to drop leave a gap in the timestamps, and the server conceals them, rather
+  than compressing time), sends AUDIO (and parity), and hands every STEM block it receives
+  to the playout thread through a BlockRing;
+- the playout thread: owns the JitterBuffer (one clock for all stems, fixed or adaptive),
+  mixes the monitored stems, resamples to the device rate and keeps the output FrameRing
+  topped up to OUT_LEVEL device periods;
+- the PortAudio playback callback: copies from the output ring; zeros and counts an
+  underrun when it runs dry.
+
+Stated end-to-end latency (printed at start and whenever it moves by more than
+LATENCY_STEP_MS): D + the server's input reorder window + one-way network (RTT/2) + the
+playout buffer's delay + the output ring + the capture poll.
 """
 
 from __future__ import annotations
@@ -14,12 +28,20 @@ import time
 import numpy as np
 
 from stemlink import audio as aio
+from stemlink.conceal import DEFAULT_METHOD
 from stemlink.udp_client.core import ClientCore, ClientError, Pong, StemBlock
-from stemlink.udp_client.jitter import JitterBuffer
-from stemlink.udp_client.mix import parse_mix
+from stemlink.udp_client.jitter import JitterBuffer, JitterConfig
+from stemlink.udp_client.mix import default_mix, parse_mix
+from stemlink.udp_client.rings import BlockRing, FrameRing, MetaRing
 from stemlink.udp_client.transport import connect
 from stemlink.wire import packets as pk
-from stemlink.wire.constants import PRESET_NAMES
+from stemlink.wire.constants import PRESET_NAMES, Features
+
+POLL_S = 0.002  # the event loop drains the capture ring this often
+SERVICE_S = 0.001  # the playout thread's period
+OUT_LEVEL = 2  # output ring kept at this many device periods (or model blocks)
+CAPTURE_RING_S = 0.5
+LATENCY_STEP_MS = 3.0
 
 
 def _sounddevice():
@@ -31,58 +53,162 @@ def _sounddevice():
     return sd
 
 
+class Capture:
+    """The capture callback's side: frames and their device positions into SPSC rings."""
+
+    def __init__(self, rate: int, channels: int, seconds: float = CAPTURE_RING_S) -> None:
+        self.rate = rate
+        self.ring = FrameRing(max(int(seconds * rate), 4096), channels)
+        self.meta = MetaRing(4096, 2)  # (device position, frames) per callback
+        self.pos = np.zeros(1, np.int64)  # device frames since the stream started
+        self.overruns = np.zeros(1, np.int64)  # callbacks dropped: the ring was full
+        self.device_overflows = np.zeros(1, np.int64)  # PortAudio said it dropped input
+
+    def callback(self, indata, frames, t, status) -> None:
+        pos = int(self.pos[0])
+        if status is not None and status.input_overflow:
+            self.device_overflows[0] += 1
+        if self.meta.free() and self.ring.free() >= frames:
+            self.ring.write(indata)
+            self.meta.put(pos, frames)
+        else:
+            self.overruns[0] += 1
+        self.pos[0] = pos + frames
+
+
+class Uplink:
+    """Event-loop side of capture: device frames (with their positions) in, model-rate
+    blocks with timestamps out. A gap in positions (dropped frames) becomes a gap in the
+    timestamps, rounded to whole blocks, and the resampler restarts after it."""
+
+    def __init__(self, device_rate: int, in_channels: int, model_rate: int, channels: int,
+                 block: int) -> None:
+        self.device_rate, self.model_rate = device_rate, model_rate
+        self.in_channels, self.channels, self.block = in_channels, channels, block
+        self._next_pos = 0  # device position expected next
+        self._pending = np.zeros((channels, 0), np.float32)
+        self.ts = 0  # timestamp of the next block to send
+        self.gaps = 0
+        self.gap_blocks = 0
+        self._rs = self._resampler()
+
+    def _resampler(self):
+        if self.device_rate == self.model_rate:
+            return None
+        import soxr
+
+        return soxr.ResampleStream(self.device_rate, self.model_rate, self.channels,
+                                   dtype="float32")
+
+    def feed(self, pos: int, frames: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """frames [n, in_channels] captured at device position pos."""
+        out = []
+        if pos > self._next_pos:  # frames were dropped before these
+            gap = (pos - self._next_pos) * self.model_rate / self.device_rate
+            lost = self._pending.shape[1] + gap
+            skip = -(-int(round(lost)) // self.block)
+            self.ts += skip * self.block
+            self.gaps += 1
+            self.gap_blocks += skip
+            self._pending = np.zeros((self.channels, 0), np.float32)
+            self._rs = self._resampler()
+        self._next_pos = pos + frames.shape[0]
+        x = aio.to_channels(np.ascontiguousarray(frames.T), self.channels)
+        if self._rs is not None:
+            x = self._rs.resample_chunk(x.T).T
+        self._pending = np.concatenate([self._pending, x], axis=1)
+        b = self.block
+        while self._pending.shape[1] >= b:
+            out.append((self.ts, self._pending[:, :b]))
+            self._pending = self._pending[:, b:]
+            self.ts += b
+        return out
+
+
 class Playout:
-    """Model-rate jitter buffers per monitored stem, mixed and resampled for the device."""
+    """The playout thread's side: stem blocks in (from the network thread through a
+    BlockRing), the monitor mix out (to the playback callback through a FrameRing)."""
 
     def __init__(self, stems: list[str], gains: np.ndarray, channels: int, block: int,
-                 model_rate: int, device_rate: int, out_channels: int, target: int) -> None:
-        self.gains = gains
-        self.active = [i for i, g in enumerate(gains) if g != 0]
-        self.buffers = {i: JitterBuffer(channels, block, target) for i in self.active}
+                 model_rate: int, device_rate: int, out_channels: int,
+                 jitter: JitterConfig | None = None, conceal: str = DEFAULT_METHOD,
+                 ring_blocks: int = 512) -> None:
+        self.gains = np.asarray(gains, np.float32)
+        self.active = [i for i, g in enumerate(self.gains) if g != 0]
         self.block, self.channels, self.out_channels = block, channels, out_channels
-        self._tmp = np.zeros((channels, block), np.float32)
+        self.model_rate, self.device_rate = model_rate, device_rate
+        self.jb = JitterBuffer(len(stems), channels, block, model_rate, jitter,
+                               conceal=conceal, max_pop=block)
+        self.inbox = BlockRing(ring_blocks, channels, block)
+        cap = max(8 * block * device_rate // model_rate, 16384)
+        self.out = FrameRing(cap, out_channels)
+        self.underruns = np.zeros(1, np.int64)
+        self.period = np.zeros(1, np.int64)  # the playback callback's frames (its own)
+        self._blocks = np.zeros((len(stems), channels, block), np.float32)
         self._mix = np.zeros((channels, block), np.float32)
-        self._carry = np.zeros((out_channels, 0), np.float32)
-        self._lock = threading.Lock()
+        self._tmp = np.zeros((channels, block), np.float32)
         self._rs = None
         if device_rate != model_rate:
             import soxr
 
             self._rs = soxr.ResampleStream(model_rate, device_rate, channels, dtype="float32")
 
-    def push(self, stem: int, ts: int, block: np.ndarray) -> None:
-        jb = self.buffers.get(stem)
-        if jb is not None:
-            with self._lock:
-                jb.push(ts, block)
+    # ---------------------------------------------------------------- network thread
+    def offer(self, h: pk.Header, data: bytes, now_ns: int) -> None:
+        """A STEM datagram (decoded here, into the ring's slot: no allocation)."""
+        slot = self.inbox.slot()
+        if slot is None or h.frames != self.block or h.channels != self.channels:
+            return
+        head, samples = slot
+        pk.read_media(data, h, samples)
+        head[0], head[1], head[2], head[3] = h.stem, h.timestamp, h.flags, now_ns
+        self.inbox.commit()
 
-    def _next_block(self) -> np.ndarray:
-        self._mix[...] = 0.0
-        with self._lock:
-            for i, jb in self.buffers.items():
-                jb.pop(self._tmp)
-                np.multiply(self._tmp, self.gains[i], out=self._tmp)
+    # ---------------------------------------------------------------- playout thread
+    def service(self, now: float) -> None:
+        jb = self.jb
+        while (item := self.inbox.peek()) is not None:
+            head, samples = item
+            jb.push(int(head[0]), int(head[1]), samples, int(head[3]) / 1e9, int(head[2]))
+            self.inbox.release()
+        want = OUT_LEVEL * max(int(self.period[0]), self.block * self.device_rate
+                               // self.model_rate)
+        while self.out.level() < want:
+            jb.pop(self._blocks, now)
+            self._mix[...] = 0.0
+            for i in self.active:
+                np.multiply(self._blocks[i], self.gains[i], out=self._tmp)
                 self._mix += self._tmp
-        return self._mix
-
-    def fill(self, outdata: np.ndarray) -> None:
-        """PortAudio callback body: always fills the whole buffer."""
-        frames = outdata.shape[0]
-        while self._carry.shape[1] < frames:
-            blk = self._next_block()
+            blk = self._mix
             if self._rs is not None:
                 blk = self._rs.resample_chunk(blk.T).T
-            blk = aio.to_channels(blk, self.out_channels)
-            self._carry = np.concatenate([self._carry, blk], axis=1)
-        outdata[:] = self._carry[:, :frames].T
-        self._carry = self._carry[:, frames:]
+            frames = np.ascontiguousarray(aio.to_channels(blk, self.out_channels).T)
+            if frames.shape[0] and not self.out.write(frames):
+                break
+
+    # ---------------------------------------------------------------- playback callback
+    def fill(self, outdata: np.ndarray) -> None:
+        """Copy the next frames out; zeros (and one counted underrun) when dry."""
+        n = outdata.shape[0]
+        if int(self.period[0]) != n:
+            self.period[0] = n
+        m = self.out.read(outdata)
+        if m < n:
+            outdata[m:] = 0.0
+            self.underruns[0] += 1
+
+    def latency_ms(self, now: float) -> float:
+        """The playout buffer's delay plus what waits in the output ring."""
+        return self.jb.delay_ms(now) + 1000 * self.out.level() / self.device_rate
 
 
 async def run_live(server: tuple[str, int], input_device, output_device, monitor: str,
-                   preset: str | None, psk: bytes, target_blocks: int, block: int,
-                   seconds: float | None = None, devices=None) -> dict:
-    """Run until Ctrl-C (or for `seconds`). `devices` is the sounddevice module, or an
-    object with the same query_devices/InputStream/OutputStream/PortAudioError shape."""
+                   preset: str | None, psk: bytes, jitter: float | None, block: int,
+                   seconds: float | None = None, devices=None, conceal: str = DEFAULT_METHOD,
+                   redundancy: bool = False) -> dict:
+    """Run until Ctrl-C (or for `seconds`). jitter: None = adaptive, else a fixed playout
+    buffer in ms. `devices` is the sounddevice module, or an object with the same
+    query_devices/InputStream/OutputStream/PortAudioError shape."""
     sd = devices if devices is not None else _sounddevice()
     try:
         dev_in = sd.query_devices(input_device, "input")
@@ -94,83 +220,106 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
     out_ch = min(int(dev_out["max_output_channels"]), 2)
     if in_ch < 1 or out_ch < 1:
         raise ClientError("the chosen devices have no input or no output channels")
-    core = ClientCore(sample_rate=rate, channels=in_ch, block=block, preset=preset, psk=psk)
-    loop = asyncio.get_running_loop()
-    playout: list[Playout] = []
-    stats = {"rtt_ms": []}
-    scratch: dict[int, np.ndarray] = {}
+    core = ClientCore(sample_rate=rate, channels=in_ch, block=block, preset=preset, psk=psk,
+                      features=int(Features.REDUNDANCY) if redundancy else 0,
+                      playout_ms=0 if jitter is None else min(int(jitter), pk.ARCHIVAL - 1))
+    stats: dict = {"rtt_ms": []}
+    holder: list[Playout] = []
 
     def on_event(ev) -> None:
-        if isinstance(ev, StemBlock) and playout:
-            h = ev.header
-            buf = scratch.setdefault(h.channels, np.zeros((h.channels, h.frames), np.float32))
-            pk.read_media(ev.data, h, buf)
-            playout[0].push(h.stem, h.timestamp, buf)
+        if isinstance(ev, StemBlock) and holder:
+            holder[0].offer(ev.header, ev.data, time.monotonic_ns())
         elif isinstance(ev, Pong):
             stats["rtt_ms"].append(ev.rtt_ns / 1e6)
 
     proto, acc_ev = await connect(core, server, on_event)
     acc = acc_ev.accept
+    monitor = monitor or default_mix(list(acc.stems))
     gains = parse_mix(monitor, list(acc.stems))
+    cfg = JitterConfig() if jitter is None else JitterConfig(fixed_ms=jitter)
     po = Playout(list(acc.stems), gains, acc.channels, acc.block_frames, acc.sample_rate,
-                 rate, out_ch, target_blocks)
-    playout.append(po)
+                 rate, out_ch, cfg, conceal)
+    holder.append(po)
+    cap = Capture(rate, in_ch)
+    up = Uplink(rate, in_ch, acc.sample_rate, acc.channels, acc.block_frames)
     name = PRESET_NAMES.get(acc.preset, "custom")
-    print(f"live: {acc.model} preset {name} D = {acc.delay} samples "
-          f"({1000 * acc.delay / acc.sample_rate:.1f} ms) + jitter buffer "
-          f"{1000 * po.buffers[po.active[0]].delay_samples / acc.sample_rate:.1f} ms; "
-          f"monitoring {monitor}; Ctrl-C stops", flush=True)
-    captured: asyncio.Queue = asyncio.Queue(maxsize=256)
-    rs_in = None
-    if rate != acc.sample_rate:
-        import soxr
+    d_ms = 1000 * acc.delay / acc.sample_rate
+    heard = ", ".join(acc.stems[i] for i in po.active) or "nothing (every gain is 0)"
+    stop = threading.Event()
 
-        rs_in = soxr.ResampleStream(rate, acc.sample_rate, acc.channels, dtype="float32")
+    def playout_thread() -> None:
+        while not stop.is_set():
+            po.service(time.monotonic())
+            time.sleep(SERVICE_S)
 
-    def in_cb(indata, frames, t, status) -> None:
-        data = indata.copy()
-        loop.call_soon_threadsafe(_offer, captured, data)
+    def stated(now: float) -> float:
+        rtt = stats["rtt_ms"][-1] if stats["rtt_ms"] else 0.0
+        return d_ms + acc.reorder_ms + rtt / 2 + po.latency_ms(now) + 1000 * POLL_S
 
-    def out_cb(outdata, frames, t, status) -> None:
-        po.fill(outdata)
-
-    pending = np.zeros((acc.channels, 0), np.float32)
-    ts = 0
+    print(f"live: {acc.model} preset {name}, D = {acc.delay} samples ({d_ms:.1f} ms); playout "
+          f"buffer {'adaptive' if jitter is None else f'fixed {jitter:g} ms'} (starts at "
+          f"{po.jb.target_ms:.1f} ms); redundancy "
+          f"{'on' if core.redundancy else 'off'}; concealment {conceal}; monitoring "
+          f"{heard}; stated end-to-end latency {stated(time.monotonic()):.1f} ms "
+          f"(D + server reorder {acc.reorder_ms} ms + network + buffer + output ring); "
+          "Ctrl-C stops", flush=True)
+    thread = threading.Thread(target=playout_thread, name="stemlink-playout", daemon=True)
+    scratch = np.zeros((cap.ring.capacity, in_ch), np.float32)
+    rec = np.zeros(2, np.int64)
     stop_at = None if seconds is None else time.monotonic() + seconds
+    cpu0, t0 = time.process_time(), time.monotonic()
+    sent = 0
+    last_said = stated(time.monotonic())
+    thread.start()
     try:
         with sd.InputStream(device=input_device, channels=in_ch, samplerate=rate,
-                            dtype="float32", callback=in_cb), \
+                            dtype="float32", callback=cap.callback), \
              sd.OutputStream(device=output_device, channels=out_ch, samplerate=rate,
-                             dtype="float32", callback=out_cb):
-            next_ping = time.monotonic()
+                             dtype="float32", callback=lambda o, f, t, s: po.fill(o)):
+            next_ping = next_say = time.monotonic()
             while stop_at is None or time.monotonic() < stop_at:
-                try:
-                    data = await asyncio.wait_for(captured.get(), 0.5)
-                except asyncio.TimeoutError:
-                    continue
-                x = aio.to_channels(np.ascontiguousarray(data.T), acc.channels)
-                if rs_in is not None:
-                    x = rs_in.resample_chunk(x.T).T
-                pending = np.concatenate([pending, x], axis=1)
-                b = acc.block_frames
-                while pending.shape[1] >= b:
-                    proto.send(core.audio(pending[:, :b], ts, time.monotonic_ns()))
-                    pending = pending[:, b:]
-                    ts += b
-                if time.monotonic() >= next_ping:
-                    proto.send(core.ping(time.monotonic()))
-                    next_ping = time.monotonic() + 1.0
+                await asyncio.sleep(POLL_S)
+                while cap.meta.get(rec):
+                    pos, n = int(rec[0]), int(rec[1])
+                    cap.ring.read(scratch[:n])
+                    for ts, blk in up.feed(pos, scratch[:n]):
+                        for dgram in core.audio_datagrams(blk, ts, time.monotonic_ns()):
+                            proto.send(dgram)
+                        sent += 1
+                now = time.monotonic()
+                if now >= next_ping:
+                    proto.send(core.ping(now))
+                    next_ping = now + 1.0
+                if now >= next_say:
+                    next_say = now + 1.0
+                    s = stated(now)
+                    if abs(s - last_said) > LATENCY_STEP_MS:
+                        print(f"live: stated end-to-end latency {s:.1f} ms (playout buffer "
+                              f"{po.jb.delay_ms(now):.1f} ms, target {po.jb.target_ms:.1f} ms)",
+                              flush=True)
+                        last_said = s
     except sd.PortAudioError as e:
         raise ClientError(f"sound device problem: {e}") from None
     finally:
+        stop.set()
+        thread.join(1.0)
         proto.send(core.bye(time.monotonic()))
         proto.transport.close()
-    stats["delay_samples"] = acc.delay
-    stats["jitter"] = {acc.stems[i]: vars(jb.stats) for i, jb in po.buffers.items()}
-    stats["blocks_sent"] = ts // acc.block_frames
+    wall = max(time.monotonic() - t0, 1e-9)
+    js = po.jb.stats
+    stats.update({
+        "delay_samples": acc.delay, "blocks_sent": sent, "stems": list(acc.stems),
+        "jitter": {"mode": "adaptive" if jitter is None else f"fixed {jitter:g} ms",
+                   "pushed": js.pushed, "late": js.late, "duplicates": js.duplicates,
+                   "concealed": js.concealed, "inserted": js.inserted,
+                   "cut_samples": js.cut_samples, "mean_delay_ms": js.mean_delay_ms,
+                   "target_max_ms": js.target_max_ms},
+        "capture_overruns": int(cap.overruns[0]),
+        "device_input_overflows": int(cap.device_overflows[0]),
+        "capture_gaps": up.gaps, "capture_gap_blocks": up.gap_blocks,
+        "playback_underruns": int(po.underruns[0]), "inbox_dropped": po.inbox.dropped,
+        "repaired": core.counters["recovered"],
+        "cpu_percent": 100 * (time.process_time() - cpu0) / wall,
+        "stated_latency_ms": stated(time.monotonic()),
+    })
     return stats
-
-
-def _offer(q: asyncio.Queue, data) -> None:
-    if not q.full():
-        q.put_nowait(data)

@@ -4,6 +4,7 @@ with the input's length and alignment, and measure every block on the client's c
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from stemlink import audio as aio
+from stemlink.conceal import DEFAULT_METHOD, Concealer
 from stemlink.percentiles import summarize
 from stemlink.udp_client.core import (
     ClientCore,
@@ -21,9 +23,11 @@ from stemlink.udp_client.core import (
     SessionError,
     StemBlock,
 )
+from stemlink.udp_client.jitter import JitterBuffer, JitterConfig
+from stemlink.udp_client.mixrepair import MixtureRepair
 from stemlink.udp_client.transport import connect
 from stemlink.wire import packets as pk
-from stemlink.wire.constants import PRESET_NAMES, Flags, SampleFormat
+from stemlink.wire.constants import PRESET_NAMES, Features, Flags, SampleFormat
 
 AFAP_WINDOW = 32  # blocks in flight when not pacing in real time
 
@@ -46,6 +50,12 @@ class SendOptions:
     drain_s: float = 2.0  # how long to wait for the last stems
     stall_s: float = 15.0  # not paced: give up when no stem at all came back for this long
     first_seq: int = 0
+    redundancy: bool = False  # ask for XOR parity both ways (wire.redundancy)
+    conceal: str | None = DEFAULT_METHOD  # how missing stem blocks are filled (None: silence)
+    as_heard: bool = False  # write what a live listener would have heard
+    mix_repair: bool = True  # repair stems from the mixture sent (udp_client.mixrepair)
+    keep_raw: bool = False  # keep what arrived, for replay() with other policies (benches)
+    jitter: float | None = None  # as-heard playout policy: None = adaptive, else fixed ms
     # What the server is told: ARCHIVAL = every block is wanted however late (files);
     # a number of ms = blocks later than that are of no use (as a live listener).
     playout_ms: int = pk.ARCHIVAL
@@ -75,6 +85,16 @@ class SendReport:
     turnaround_ms: dict = field(default_factory=dict)
     block_latency_ms: list = field(default_factory=list)
     dropped: dict = field(default_factory=dict)
+    mode: str = "archival"  # or "as-heard"
+    conceal: str = DEFAULT_METHOD
+    redundancy: bool = False
+    recovered: int = 0  # stem blocks repaired from redundancy
+    missing: int = 0  # stem blocks written from concealment (archival: never arrived)
+    playout: dict = field(default_factory=dict)  # as-heard: the jitter buffer's stats
+    repair: dict = field(default_factory=dict)  # mixture repair: enabled, residual, count
+    raw: tuple | None = None  # keep_raw: (receiver, stems as arrived, mixture, n)
+    cpu_percent: float = 0.0  # client process CPU over the run, % of one core
+    cpu_ms_per_block: float = 0.0  # client CPU per block sent (all its stems included)
 
     def summary(self) -> str:
         lat, rtt = self.latency_ms, self.rtt_ms
@@ -89,17 +109,30 @@ class SendReport:
             f"end-to-end latency ms: p50 {lat.get('p50', float('nan')):.1f}, "
             f"p95 {lat.get('p95', float('nan')):.1f}, p99 {lat.get('p99', float('nan')):.1f} "
             f"(D alone {1000 * self.delay / self.sample_rate:.1f})",
-        ])
+            f"{self.mode}: concealment {self.conceal}, {self.missing} stem blocks concealed; "
+            f"redundancy {'on' if self.redundancy else 'off'}, {self.recovered} repaired; "
+            f"client CPU {self.cpu_percent:.1f} % of a core "
+            f"({self.cpu_ms_per_block:.3f} ms per block)",
+        ] + ([f"as heard: jitter buffer mean {self.playout['mean_delay_ms']:.1f} ms "
+              f"(target max {self.playout['target_max_ms']:.1f} ms), late "
+              f"{self.playout['late']}, inserted {self.playout['inserted']}, stated "
+              f"end-to-end latency {self.playout['stated_latency_ms']:.1f} ms"]
+             if self.playout else []))
 
 
 async def send_file(opts: SendOptions) -> SendReport:
     x, file_sr = aio.read_audio(opts.input)
     aio.sanitize(x)
     file_ch, n_file = x.shape
+    # what the server is told: archival wants every block; as heard, the playout budget
+    playout_ms = (opts.playout_ms if not opts.as_heard else
+                  0 if opts.jitter is None else min(int(opts.jitter), pk.ARCHIVAL - 1))
     core = ClientCore(sample_rate=file_sr, channels=min(file_ch, 2), block=opts.block,
                       fmt=opts.fmt, preset=opts.preset, hop_frames=opts.hop_frames,
                       lookahead=opts.lookahead, synthesis=opts.synthesis, psk=opts.psk,
-                      first_seq=opts.first_seq, playout_ms=opts.playout_ms)
+                      first_seq=opts.first_seq, playout_ms=playout_ms,
+                      features=int(Features.REDUNDANCY) if opts.redundancy else 0)
+    cpu0 = time.process_time()
     state = _Receiver()
     proto, acc_ev = await connect(core, opts.server, state.on_event)
     acc = acc_ev.accept
@@ -109,11 +142,18 @@ async def send_file(opts: SendOptions) -> SendReport:
         nblocks = -(-(n + d) // b)
         padded = np.zeros((acc.channels, nblocks * b), np.float32)
         padded[:, :n] = xm
-        state.setup(len(acc.stems), acc.channels, nblocks, b)
+        state.setup(len(acc.stems), acc.channels, nblocks, b, acc.sample_rate)
         await _pump(proto, core, state, padded, nblocks, b, acc.sample_rate, opts)
         proto.send(core.bye(time.monotonic()))
     finally:
         proto.transport.close()
+    cpu_s = time.process_time() - cpu0  # the streaming itself (file I/O outside)
+    state.delay = d
+    raw = (copy.copy(state), state.stems.copy(), output_mixture(padded, d, state.stems.shape[2]),
+           n) if opts.keep_raw else None
+    mix = output_mixture(padded, d, state.stems.shape[2]) if opts.mix_repair else None
+    playout = (_as_heard(state, acc, opts, mix) if opts.as_heard else
+               _conceal_missing(state, opts, mix))
     stems = state.stems[:, :, d:d + n]
     stems = np.stack([aio.resample(s, acc.sample_rate, file_sr, length=n_file) for s in stems])
     stems = aio.from_channels(stems, file_ch)
@@ -123,7 +163,120 @@ async def send_file(opts: SendOptions) -> SendReport:
             path = Path(opts.out_dir) / f"{name}.wav"
             aio.write_audio(path, s, file_sr)
             files[name] = str(path)
-    return state.report(acc, files, n, d, b, core, opts)
+    rep = state.report(acc, files, n, d, b, core, opts)
+    rep.mode = "as-heard" if opts.as_heard else "archival"
+    rep.conceal, rep.redundancy = opts.conceal, core.redundancy
+    rep.recovered = core.counters["recovered"]
+    rep.missing = state.missing
+    rep.repair = {k: playout.pop(k) for k in list(playout) if k.startswith("mix_")}
+    rep.playout = playout
+    rep.raw = raw
+    rep.cpu_percent = 100 * cpu_s / max(state.seconds, 1e-9)
+    rep.cpu_ms_per_block = 1000 * cpu_s / max(state.sent, 1)
+    if playout:
+        playout["stated_latency_ms"] = (1000 * d / acc.sample_rate + acc.reorder_ms
+                                        + rep.rtt_ms.get("p50", 0.0) / 2
+                                        + playout["mean_delay_ms"])
+    return rep
+
+
+def output_mixture(padded: np.ndarray, delay: int, total: int) -> np.ndarray:
+    """The input as the stems' timeline sees it: output sample i <- input sample i - D."""
+    mix = np.zeros((padded.shape[0], total), np.float32)
+    mix[:, delay:] = padded[:, :total - delay]
+    return mix
+
+
+def _conceal_missing(state: _Receiver, opts: SendOptions, mix: np.ndarray | None) -> dict:
+    """Archival: every block that arrived is written; the others are concealed, each
+    interpolated into the next block when that one arrived; then, where the stems are
+    known to add up to the mixture, repaired from it (udp_client.mixrepair)."""
+    have = ~np.isnan(state.arrival_ns)
+    n_stems, nblocks = have.shape
+    b = state.b
+    for s in range(n_stems if opts.conceal is not None else 0):
+        conc = Concealer(state.stems.shape[1], b, opts.conceal, state.sample_rate)
+        for k in range(nblocks):
+            blk = state.stems[s, :, k * b:(k + 1) * b]
+            if have[s, k]:
+                conc.good(blk, blk)
+            else:
+                nxt = k + 1 < nblocks and have[s, k + 1]
+                conc.missing(blk, after=state.stems[s, :, (k + 1) * b:(k + 2) * b]
+                             if nxt else None)
+                state.missing += 1
+    if mix is None:
+        return {}
+    mr = MixtureRepair(n_stems, state.stems.shape[1], b)
+    # output blocks the server flagged CONCEALED depend on input it had to conceal
+    flagged = np.zeros(nblocks, bool)
+    for ts in state.concealed_in:
+        if ts // b < nblocks:
+            flagged[ts // b] = True
+    for k in range(nblocks):  # the median is robust to the flagged blocks that are off
+        if have[:, k].all():
+            mr.observe(state.stems[:, :, k * b:(k + 1) * b], mix[:, k * b:(k + 1) * b])
+            if mr.observed >= 64:
+                break
+    for k in range(nblocks):
+        sl = slice(k * b, (k + 1) * b)
+        if not have[:, k].all():  # stem blocks lost on the way down: the mixture's remainder
+            mr.repair(state.stems[:, :, sl], have[:, k], mix[:, sl])
+        elif flagged[k]:  # where the stems no longer add up: the input concealment's error
+            mr.repair_if_off(state.stems[:, :, sl], mix[:, sl])
+    return {"mix_repair": mr.enabled, "mix_residual_db": 10 * np.log10(max(mr.ratio, 1e-12)),
+            "mix_repaired": mr.repaired}
+
+
+class ArrayMixture:
+    """The whole input on the stems' timeline, for the playout buffer's mixture repair."""
+
+    def __init__(self, mix: np.ndarray) -> None:
+        self.mix = mix
+
+    def segment(self, ts: int, n: int) -> np.ndarray | None:
+        return self.mix[:, ts:ts + n] if 0 <= ts and ts + n <= self.mix.shape[1] else None
+
+
+def _as_heard(state: _Receiver, acc, opts: SendOptions, mix: np.ndarray | None) -> dict:
+    """Replay the arrivals through the live playout buffer, popped on the audio clock the
+    blocks were paced by: what a listener would have heard, block by block (a block
+    later than the buffer is concealed). Written by media position, so the file stays
+    aligned with the input; time the buffer inserted or cut is reported, not written."""
+    n_stems, channels, total = state.stems.shape
+    b, sr = state.b, state.sample_rate
+    cfg = JitterConfig() if opts.jitter is None else JitterConfig(fixed_ms=opts.jitter)
+    tap = np.zeros_like(state.stems)
+    jb = JitterBuffer(n_stems, channels, b, sr, cfg, conceal=opts.conceal, tap=tap,
+                      capacity=max(64, int(2 * cfg.max_ms / 1000 * sr / b) + 4),
+                      mixture=None if mix is None else ArrayMixture(mix), delay=state.delay)
+    arrivals = [(state.arrival_ns[s, k], s, k) for s in range(n_stems)
+                for k in range(state.nblocks) if not np.isnan(state.arrival_ns[s, k])]
+    arrivals.sort()
+    t0 = state.t0_ns
+    buf = np.zeros((n_stems, channels, b), np.float32)
+    i, j = 0, 0
+    while jb.play is None or jb.play < total:
+        now_ns = t0 + (j + 1) * b * 1e9 / sr  # the audio clock: one block per period
+        while i < len(arrivals) and arrivals[i][0] <= now_ns:
+            at, s, k = arrivals[i]
+            jb.push(s, k * b, state.stems[s, :, k * b:(k + 1) * b], at / 1e9,
+                    Flags.CONCEALED if k * b in state.concealed_in else 0)
+            i += 1
+        jb.pop(buf, now_ns / 1e9)
+        j += 1
+        if i >= len(arrivals) and jb.play is None:
+            break
+    st = jb.stats
+    state.missing = st.concealed
+    state.stems[...] = tap
+    return {"mode": "adaptive" if cfg.adaptive else f"fixed {cfg.fixed_ms} ms",
+            "mean_delay_ms": st.mean_delay_ms, "target_max_ms": st.target_max_ms,
+            "concealed": st.concealed, "late": st.late, "inserted": st.inserted,
+            "cut_samples": st.cut_samples, "underruns": st.underruns,
+            **({} if jb.repair is None else {
+                "mix_repair": jb.repair.enabled, "mix_repaired": jb.repair.repaired,
+                "mix_residual_db": 10 * np.log10(max(jb.repair.ratio, 1e-12))})}
 
 
 async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, nblocks: int,
@@ -133,6 +286,7 @@ async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, n
     # send actually happened), so client scheduling delays count against us.
     t0_ns = time.monotonic_ns()
     t0 = t0_ns / 1e9
+    state.t0_ns = t0_ns
     next_ping = t0
     for k in range(nblocks):
         state.check_ended()
@@ -164,9 +318,10 @@ async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, n
             state.bytes_sent += len(ping)
             next_ping = now + opts.ping_every_s
         flags = Flags.LAST if k == nblocks - 1 else 0
-        audio = core.audio(padded[:, k * b:(k + 1) * b], k * b, time.monotonic_ns(), flags)
-        proto.send(audio)
-        state.bytes_sent += len(audio)
+        for dgram in core.audio_datagrams(padded[:, k * b:(k + 1) * b], k * b,
+                                          time.monotonic_ns(), flags):
+            proto.send(dgram)
+            state.bytes_sent += len(dgram)
         state.sent += 1
     deadline = time.monotonic() + opts.drain_s
     while state.received < state.expected and time.monotonic() < deadline:
@@ -185,11 +340,16 @@ class _Receiver:
         self.bytes_sent = self.bytes_received = 0
         self.last_rx = 0.0
         self.seconds = 0.0
+        self.missing = 0
+        self.concealed_in: set[int] = set()
+        self.delay = 0
+        self.t0_ns = 0
+        self.sample_rate = 0
         self.ended: SessionError | ServerBye | None = None
         self._newest = -1
 
-    def setup(self, n_stems: int, channels: int, nblocks: int, b: int) -> None:
-        self.b, self.nblocks = b, nblocks
+    def setup(self, n_stems: int, channels: int, nblocks: int, b: int, sr: int) -> None:
+        self.b, self.nblocks, self.sample_rate = b, nblocks, sr
         self.stems = np.zeros((n_stems, channels, nblocks * b), np.float32)
         self.arrival_ns = np.full((n_stems, nblocks), np.nan)
         self.send_ns = np.full(nblocks, np.nan)
@@ -234,6 +394,7 @@ class _Receiver:
             self.last_rx = time.monotonic()
             if h.flags & Flags.CONCEALED:
                 self.concealed += 1
+                self.concealed_in.add(h.timestamp)  # depends on input the server concealed
         elif isinstance(ev, Pong):
             self.rtt_ns.append(ev.rtt_ns)
         elif isinstance(ev, (SessionError, ServerBye)):
@@ -270,4 +431,23 @@ class _Receiver:
 
 def save_stats(rep: SendReport, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(rep.__dict__, indent=2) + "\n")
+    d = {k: v for k, v in rep.__dict__.items() if k != "raw"}
+    Path(path).write_text(json.dumps(d, indent=2) + "\n")
+
+
+def replay(rep: SendReport, conceal: str, as_heard: bool, jitter: float | None = None,
+           mix_repair: bool = True) -> tuple[np.ndarray, dict]:
+    """The stems [S, C, n] (model rate, aligned with the input) that this run would have
+    written under another concealment/playout policy: same arrivals, same clock."""
+    if rep.raw is None:
+        raise ValueError("the run was not made with keep_raw")
+    st0, stems, mix, n = rep.raw
+    state = copy.copy(st0)
+    state.stems = stems.copy()
+    state.missing = 0
+    opts = SendOptions("", ("", 0), None, conceal=conceal, as_heard=as_heard, jitter=jitter,
+                       mix_repair=mix_repair)
+    m = mix if mix_repair else None
+    info = _as_heard(state, None, opts, m) if as_heard else _conceal_missing(state, opts, m)
+    info["concealed"] = state.missing
+    return state.stems[:, :, state.delay:state.delay + n], info

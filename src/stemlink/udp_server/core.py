@@ -36,6 +36,7 @@ from stemlink.wire.auth import handshake_key, session_key
 from stemlink.wire.constants import (
     BLOCK_FRAMES,
     COOKIE_SIZE,
+    HEADER_SIZE,
     PRESET_CODES,
     PRESET_NAMES,
     SYNTHESIS_CODES,
@@ -43,9 +44,11 @@ from stemlink.wire.constants import (
     ByeReason,
     ErrorCode,
     Features,
+    Flags,
     PacketType,
     SampleFormat,
 )
+from stemlink.wire.redundancy import RedundancyDecoder
 from stemlink.wire.seq import ReplayWindow, seq_gt
 
 log = logging.getLogger("stemlink.server")
@@ -141,6 +144,7 @@ class Session:
     clock: MediaClock
     playout_s: float  # client's playout budget; inf = archival
     replay: ReplayWindow = field(default_factory=lambda: ReplayWindow(256))
+    fec_in: RedundancyDecoder | None = None  # redundancy granted: repairs AUDIO from parity
     closed: bool = False
     counters: Counter = field(default_factory=Counter)
 
@@ -165,7 +169,7 @@ class ServerCore:
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self.secret = secret or secrets.token_bytes(32)
-        self.features = int(Features.NONE)  # optional features this server grants
+        self.features = int(Features.REDUNDANCY)  # optional features this server grants
         self.reorder_ms = reorder_ms  # input reorder window, stated in ACCEPT
         self.playout_ms = playout_ms
         self.sessions: dict[int, Session] = {}
@@ -177,7 +181,7 @@ class ServerCore:
         self.stream_counters: Counter = Counter()  # worker-side totals of ended streams
         self._ending: dict[int, tuple[Session, str, float]] = {}  # closed, worker not done
         self._waiting: set[Session] = set()  # sessions whose reorder window holds blocks
-        _check_accept_fits(model_name, self.stems)
+        pk.check_accept_fits(model_name, self.stems)  # refused at load, not at HELLO
 
     # ---------------------------------------------------------------- entry points
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
@@ -376,10 +380,14 @@ class ServerCore:
                     SampleFormat(hello.format), setup, packet, now, now, ring,
                     ReorderBuffer(hello.block_frames, wait_s, horizon),
                     MediaClock(self.sample_rate), playout_s)
+        redundancy = bool(hello.features & self.features & Features.REDUNDANCY)
+        if redundancy:  # repaired blocks join the reorder window like arrivals
+            s.fec_in = RedundancyDecoder(hello.block_frames)
         self.messages.append(OpenStream(Stream(
             session=sid, key=key, separator=setup.separator, ring=ring,
             block=hello.block_frames, channels=self.channels, fmt=SampleFormat(hello.format),
-            n_stems=len(self.stems), sample_rate=self.sample_rate, playout_s=playout_s)))
+            n_stems=len(self.stems), sample_rate=self.sample_rate, playout_s=playout_s,
+            redundancy=redundancy)))
         s.setup = dataclasses.replace(setup, separator=None)  # the worker's from now on
         self.sessions[sid] = s
         self.by_nonce[(addr, hello.nonce)] = s
@@ -427,6 +435,20 @@ class ServerCore:
             return self._protocol_error(s, "misaligned-timestamp", now,
                                         "AUDIO timestamp is not a multiple of the block")
         s.last_rx = now
+        if s.fec_in is not None:  # redundancy: parity repairs single losses (wire.redundancy)
+            for h2, body in s.fec_in.feed(h, pk.payload(data, h), now):
+                repaired = h2 is not h
+                if repaired:
+                    s.counters["repaired"] += 1
+                self._accept_audio(s, h2, bytes(HEADER_SIZE) + body if repaired else data,
+                                   fresh and not repaired, now)
+            return None
+        if h.flags & Flags.REDUNDANT:
+            return self._drop_session(s, "redundancy-not-granted")
+        return self._accept_audio(s, h, data, fresh, now)
+
+    def _accept_audio(self, s: Session, h: pk.Header, data: bytes, fresh: bool,
+                      now: float) -> None:
         s.counters["audio"] += 1
         arrived = Arrived(h.timestamp, h.flags, h.send_time, now, (h, data))
         out, verdict = s.reorder.push(arrived, now)
@@ -485,16 +507,6 @@ class ServerCore:
         if counter:
             s.counters[counter] += 1
         self._drop(reason)
-
-
-def _check_accept_fits(model: str, stems: list[str]) -> None:
-    """Refuse, at load time, a model whose ACCEPT would not fit one datagram."""
-    acc = pk.Accept(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, bytes(16), model, tuple(stems))
-    try:
-        pk.encode(pk.Header(PacketType.ACCEPT, 0, 0, 0, 0, 0), pk.encode_accept(acc), bytes(32))
-    except pk.WireError as e:
-        raise pk.WireError("bad-accept", f"the model's name and stem names do not fit one "
-                                         f"ACCEPT datagram ({e})") from None
 
 
 def _addr_bytes(addr: Addr) -> bytes:

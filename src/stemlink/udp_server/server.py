@@ -16,8 +16,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from stemlink.engine.families import describe_config
 from stemlink.engine.session import Engine, open_engine
-from stemlink.engine.streaming import latency_of
 from stemlink.loop import run_loop
 from stemlink.sockets import udp_socket
 from stemlink.udp_server.core import PLAYOUT_MS, REORDER_MS, ServerCore, StreamRequest, StreamSetup
@@ -139,11 +139,11 @@ class Server:
 
     def describe(self) -> str:
         cfg = self.engine.config(self.opts.preset)
-        delay = latency_of(self.engine.card, cfg).describe()
+        delay = self.engine.latency(cfg).describe()
         rcv = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         return (f"stemlink serving {self.engine.card.name} on {self.address[0]}:"
                 f"{self.address[1]} ({self.engine.backend.name}); default preset "
-                f"{self.opts.preset}: H={cfg.hop_frames} L={cfg.lookahead} {cfg.synthesis}, "
+                f"{self.opts.preset}: {describe_config(cfg)}, "
                 f"{delay}; input reorder window {self.opts.reorder_ms:g} ms; max "
                 f"{self.opts.max_sessions} sessions, idle timeout "
                 f"{self.opts.idle_timeout:g} s, SO_RCVBUF {rcv} bytes")

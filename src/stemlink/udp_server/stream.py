@@ -3,11 +3,13 @@
 It turns the session's input jobs (blocks in timestamp order, with holes where blocks were
 lost or given up) into STEM datagrams, keeping output length and alignment exact:
 
-- a hole shorter than the separator's memory is filled by input concealment (fade out
-  over the first concealed block, then silence, fade back in on the next real block) and
-  fed through the separator, so later windows see a consistent past; the silent blocks
-  after the fade run no inference (their frames reuse the newest mask: there is nothing
-  left to separate), so a hole costs at most one inference;
+- a hole shorter than the separator's memory is filled by input concealment
+  (`stemlink.conceal`: the default method continues the waveform and interpolates into
+  the block that ended the hole, fading to silence within 60 ms; the real block after it
+  is cross-faded in) and fed through the separator, so later windows see a consistent
+  past; once the concealment is silent, blocks run no inference (their frames reuse the
+  newest mask: there is nothing left to separate), so a hole costs at most the few
+  inferences of its first 60 ms;
 - a hole at least that long is jumped in O(1) (`advance`): the separator state becomes
   exactly what a silence of that length would leave, no inference, no output;
 - a block whose output can no longer be played (its playout deadline has passed) is fed
@@ -25,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from stemlink.conceal import DEFAULT_METHOD, Concealer
 from stemlink.udp_server.ring import InputRing
 from stemlink.wire import packets as pk
-from stemlink.wire.constants import Flags, PacketType, SampleFormat
+from stemlink.wire.constants import HEADER_SIZE, Flags, PacketType, SampleFormat
+from stemlink.wire.redundancy import RedundancyEncoder
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,53 +47,25 @@ class Job:
     restart: bool = False  # the sender's timeline jumped back: start over at `timestamp`
 
 
-class InputConcealer:
-    """Fills missing input blocks: the last real block faded out (raised-cosine), then
-    silence; the first real block after a hole fades in. Allocation-free after set-up."""
-
-    def __init__(self, channels: int, block: int) -> None:
-        t = (np.arange(block, dtype=np.float64) + 0.5) / block
-        self._down = np.tile((0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32), (channels, 1))
-        self._up = np.tile((0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32), (channels, 1))
-        self._last = np.zeros((channels, block), np.float32)
-        self._have_last = False
-        self.run = 0  # concealed blocks since the last real one
-
-    def good(self, block: np.ndarray, out: np.ndarray) -> None:
-        if self.run:
-            np.multiply(block, self._up, out=out)
-        else:
-            np.copyto(out, block)
-        np.copyto(self._last, block)
-        self._have_last = True
-        self.run = 0
-
-    def missing(self, out: np.ndarray) -> None:
-        if self.run == 0 and self._have_last:
-            np.multiply(self._last, self._down, out=out)
-        else:
-            out[...] = 0.0
-        self.run += 1
-
-    def reset(self) -> None:
-        self._have_last = False
-        self.run = 1  # the next real block fades in
-
-
 class Stream:
     def __init__(self, *, session: int, key: bytes, separator: Any, ring: InputRing,
                  block: int, channels: int, fmt: SampleFormat, n_stems: int,
-                 sample_rate: int, playout_s: float) -> None:
+                 sample_rate: int, playout_s: float, redundancy: bool = False) -> None:
         self.session, self.key, self.sep, self.ring = session, key, separator, ring
         self.block, self.rate, self.n_stems = block, sample_rate, n_stems
         self.playout_s = playout_s  # math.inf: archival, every block is wanted
         self.delay = separator.delay
         self.memory = separator.memory
         self.support = separator.latency.support
-        self.n_fft = separator.card.n_fft
+        # how far past i + D an input sample i reaches the output: the frame length for
+        # the STFT separator, a whole run's region for segment models (`reach`)
+        self.reach = getattr(separator.latency, "reach", None) or separator.card.n_fft
         self.writer = pk.MediaWriter(block, channels, fmt)
         self.stem_seq = [0] * n_stems
-        self.conceal = InputConcealer(channels, block)
+        # redundancy granted: a parity datagram per stem after every pair (wire.redundancy)
+        self.fec = ([RedundancyEncoder(block, self.writer.payload_len)
+                     for _ in range(n_stems)] if redundancy else None)
+        self.conceal = Concealer(channels, block, DEFAULT_METHOD, sample_rate)
         self._in = np.zeros((channels, block), np.float32)
         self.pos: int | None = None  # next input sample the separator expects
         # output blocks whose samples depend on concealed input: [from, until)
@@ -122,14 +98,16 @@ class Stream:
             self.counters["gap_jumps"] += 1
             self.counters["gap_jumped_blocks"] += gap // b
             self.pos = job.timestamp
+        nxt = self.ring.blocks[job.slot]
         while self.pos < job.timestamp:  # a short hole: conceal, block by block
             ts = self.pos
-            self.conceal.missing(self._in)
+            # the hole's last block is interpolated into the block that ended it
+            self.conceal.missing(self._in, after=nxt if ts + b >= job.timestamp else None)
             self._mark_concealed(ts)
             self.counters["concealed_input_blocks"] += 1
             due = job.due - (job.timestamp - ts) / self.rate
             self._feed(ts, self._in, 0, job.sent_ns, due, now, out,
-                       infer=self.conceal.run == 1)
+                       infer=not self.conceal.silent)
         self.conceal.good(self.ring.blocks[job.slot], self._in)
         self.ring.release()
         self._feed(job.timestamp, self._in, job.flags, job.sent_ns, job.due, now, out)
@@ -142,15 +120,15 @@ class Stream:
         self.sep.advance(max(n, self.memory))
         self.conceal.reset()
         self._cfrom = 0
-        self._cuntil = self.pos + n + self.delay + self.n_fft - 1
+        self._cuntil = self.pos + n + self.delay + self.reach - 1
 
     def _mark_concealed(self, ts: int) -> None:
         # Output sample i comes from frames whose synthesis support holds i - D; each such
-        # frame analyses the n_fft input samples before its end, which lies in
+        # frame analyses the n_fft (`reach`) input samples before its end, which lies in
         # (i - D, i - D + support]. So input [ts, ts + b) reaches outputs
-        # (ts + D - support, ts + b + D + n_fft - 1).
+        # (ts + D - support, ts + b + D + reach - 1).
         lo = ts + self.delay - self.support + 1
-        hi = ts + self.block + self.delay + self.n_fft - 1
+        hi = ts + self.block + self.delay + self.reach - 1
         if lo > self._cuntil:
             self._cfrom = lo
         self._cuntil = max(self._cuntil, hi)
@@ -167,11 +145,28 @@ class Stream:
             flags |= Flags.CONCEALED
             self.counters["concealed_blocks"] += 1
         for k in range(self.n_stems):
-            out.append(self.writer.write(
+            d = self.writer.write(
                 PacketType.STEM, y[k], session=self.session, seq=self.stem_seq[k],
-                timestamp=ts, send_time=sent_ns, key=self.key, stem=k, flags=flags))
+                timestamp=ts, send_time=sent_ns, key=self.key, stem=k, flags=flags)
+            out.append(d)
             self.stem_seq[k] = (self.stem_seq[k] + 1) & 0xFFFFFFFF
+            if self.fec is not None:
+                self._parity(k, d, ts, flags, sent_ns, out)
         self.counters["stem_packets"] += self.n_stems
+
+    def _parity(self, k: int, d: bytes, ts: int, flags: int, sent_ns: int,
+                out: list[bytes]) -> None:
+        w = self.writer
+        par = self.fec[k].add(ts, memoryview(d)[HEADER_SIZE:HEADER_SIZE + w.payload_len],
+                              bool(flags & Flags.LAST))
+        if par is None:
+            return
+        pts, body, pflags = par
+        out.append(pk.encode(pk.Header(PacketType.STEM, pflags | (flags & Flags.CONCEALED),
+                                       self.session, self.stem_seq[k], pts, sent_ns,
+                                       w.frames, w.channels, w.format, k), body, self.key))
+        self.stem_seq[k] = (self.stem_seq[k] + 1) & 0xFFFFFFFF
+        self.counters["parity_packets"] += 1
 
     def snapshot(self) -> dict:
         c = dict(self.counters)

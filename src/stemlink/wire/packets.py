@@ -212,6 +212,17 @@ def encode_accept(m: Accept) -> bytes:
     return head + _name(m.model) + b"".join(_name(s) for s in m.stems)
 
 
+def check_accept_fits(model: str, stems: tuple[str, ...] | list[str]) -> None:
+    """Raise WireError unless an ACCEPT naming this model and these stems fits one datagram
+    (checked when a model is loaded, long before a client asks)."""
+    acc = Accept(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, bytes(NONCE_SIZE), model, tuple(stems))
+    body = encode_accept(acc)
+    if len(body) > MAX_PAYLOAD:
+        raise WireError("bad-accept", f"the model name and {len(stems)} stem names take "
+                                      f"{len(body)} bytes in the ACCEPT packet, more than the "
+                                      f"{MAX_PAYLOAD} that fit one datagram: shorten them")
+
+
 def decode_accept(p: memoryview | bytes) -> Accept:
     p = bytes(p)
     if len(p) < _ACCEPT.size:
@@ -311,12 +322,14 @@ class MediaWriter:
         return bytes(self.buf)
 
 
-def read_media(data: bytes | memoryview, h: Header, out: np.ndarray) -> None:
-    """Decode the PCM payload of a validated AUDIO/STEM packet into out [channels, frames]."""
+def read_media(data: bytes | memoryview, h: Header, out: np.ndarray,
+               offset: int = HEADER_SIZE) -> None:
+    """Decode the PCM payload of a validated AUDIO/STEM packet into out [channels, frames].
+    offset=0 reads a bare payload (a block repaired from redundancy)."""
     if out.shape != (h.channels, h.frames):
         raise WireError("bad-media-length", "block shape differs from the session's")
     dtype = "<i2" if h.format == SampleFormat.S16LE else "<f4"
-    pcm = np.frombuffer(data, dtype=dtype, count=h.frames * h.channels, offset=HEADER_SIZE)
+    pcm = np.frombuffer(data, dtype=dtype, count=h.frames * h.channels, offset=offset)
     if h.format == SampleFormat.S16LE:
         np.multiply(pcm.reshape(h.frames, h.channels).T, 1.0 / 32768.0, out=out)
     else:
