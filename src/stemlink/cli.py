@@ -200,6 +200,22 @@ def bench_capacity_cmd(model, backends, preset, seconds, max_clients, out_dir) -
     click.echo(render(r))
 
 
+@bench.command("frontend")
+@click.option("--iterations", default=20000, show_default=True, type=click.IntRange(100, 10**7),
+              help="Calls per timed repeat.")
+@click.option("--repeats", default=7, show_default=True, type=click.IntRange(1, 100))
+@click.option("--out", "out_dir", default="out/bench-frontend", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_frontend_cmd(iterations, repeats, out_dir) -> None:
+    """Python µs per AUDIO datagram in and per STEM datagram out; sessions per core."""
+    from stemlink.bench.frontend import bench_frontend, render, save
+
+    r = bench_frontend(iterations, repeats)
+    save(r, Path(out_dir))
+    click.echo(render(r))
+    click.echo(f"\nwrote {out_dir}/frontend.json, {out_dir}/frontend.md")
+
+
 # --------------------------------------------------------------------------- network
 def _psk_option(f):
     return click.option("--psk", envvar="STEMLINK_PSK", default="", show_default=False,
