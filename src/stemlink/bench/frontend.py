@@ -9,8 +9,10 @@
   call the loop makes per STEM datagram), measured separately because it is kernel time,
   not Python.
 
-Timed with `time.perf_counter_ns` over `iterations` calls, `repeats` times; the figure is
-the median of the repeats' means (the minimum is also recorded). From those, the ceiling
+Timed with `time.perf_counter_ns` over `iterations` calls, `repeats` times, interleaved
+with the reference (first) implementation; the minimum of the repeats' means is the
+figure (the least disturbed by other processes on a shared machine), the median is
+recorded beside it. From those, the ceiling
 of sessions one process's front end could carry if it did nothing else: a session sends
 rate/block AUDIO datagrams per second and receives stems times as many STEM datagrams.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stemlink.bench import frontend_reference as ref
 from stemlink.bench.machine import describe, machine
 from stemlink.bench.stats import markdown_table
 from stemlink.wire import packets as pk
@@ -38,14 +41,18 @@ STEMS = 2
 KEY = bytes(range(32))
 
 
-def _time_us(fn: Callable[[], object], iterations: int, repeats: int) -> dict:
-    means = []
+def _time_pair(fns: dict[str, Callable[[], object]], iterations: int,
+               repeats: int) -> dict[str, dict]:
+    """Time each function `repeats` times, interleaved, so that load from other processes
+    falls on all of them alike; µs per call: median and minimum of the repeats' means."""
+    means: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter_ns()
-        for _ in range(iterations):
-            fn()
-        means.append((time.perf_counter_ns() - t) / iterations / 1e3)
-    return {"median_us": statistics.median(means), "min_us": min(means)}
+        for k, fn in fns.items():
+            t = time.perf_counter_ns()
+            for _ in range(iterations):
+                fn()
+            means[k].append((time.perf_counter_ns() - t) / iterations / 1e3)
+    return {k: {"median_us": statistics.median(v), "min_us": min(v)} for k, v in means.items()}
 
 
 def _block(frames: int) -> np.ndarray:
@@ -56,26 +63,31 @@ def _block(frames: int) -> np.ndarray:
 
 def measure(fmt: SampleFormat, frames: int, iterations: int, repeats: int) -> dict:
     block = _block(frames)
-    writer = pk.MediaWriter(frames, CHANNELS, fmt)
-    audio = writer.write(PacketType.AUDIO, block, session=7, seq=1, timestamp=frames,
-                         send_time=123, key=KEY)
+    writers = {"reference": ref.MediaWriter(frames, CHANNELS, fmt),
+               "current": pk.MediaWriter(frames, CHANNELS, fmt)}
+    audio = writers["current"].write(PacketType.AUDIO, block, session=7, seq=1,
+                                     timestamp=frames, send_time=123, key=KEY)
     out = np.zeros((CHANNELS, frames), np.float32)
 
-    def audio_in() -> None:
-        h = pk.decode_header(audio)
-        if not pk.check_tag(audio, KEY):
-            raise AssertionError("tag")
-        pk.read_media(audio, h, out)
+    def audio_in(mod):
+        def run() -> None:
+            h = mod.decode_header(audio)
+            if not mod.check_tag(audio, KEY):
+                raise AssertionError("tag")
+            mod.read_media(audio, h, out)
+        return run
 
-    def stem_out() -> bytes:
-        return writer.write(PacketType.STEM, block, session=7, seq=1, timestamp=frames,
-                            send_time=123, key=KEY, stem=1)
+    def stem_out(w):
+        def run() -> bytes:
+            return w.write(PacketType.STEM, block, session=7, seq=1, timestamp=frames,
+                           send_time=123, key=KEY, stem=1)
+        return run
 
-    audio_in()
-    np.testing.assert_allclose(out, block, atol=1 / 32768 if fmt is SampleFormat.S16LE else 0)
+    a = _time_pair({"reference": audio_in(ref), "current": audio_in(pk)}, iterations,
+                   repeats)
+    s = _time_pair({k: stem_out(w) for k, w in writers.items()}, iterations, repeats)
     return {"format": fmt.name.lower(), "frames": frames, "datagram_bytes": len(audio),
-            "audio_in": _time_us(audio_in, iterations, repeats),
-            "stem_out": _time_us(stem_out, iterations, repeats)}
+            "audio_in": a, "stem_out": s}
 
 
 def measure_sendto(iterations: int, repeats: int, size: int) -> dict:
@@ -98,7 +110,7 @@ def measure_sendto(iterations: int, repeats: int, size: int) -> dict:
                 except BlockingIOError:
                     pass
 
-        return _time_us(send, iterations, repeats)
+        return _time_pair({"sendto": send}, iterations, repeats)["sendto"]
     finally:
         rx.close()
         tx.close()
@@ -116,28 +128,36 @@ def bench_frontend(iterations: int, repeats: int) -> dict:
             if frames * CHANNELS * fmt.width <= 1024]
     send = measure_sendto(iterations, repeats, rows[0]["datagram_bytes"])
     for r in rows:
-        a, s = r["audio_in"]["median_us"], r["stem_out"]["median_us"]
-        r["ceiling_python"] = ceiling(a, s, r["frames"])
-        r["ceiling_with_sendto"] = ceiling(a, s + send["median_us"], r["frames"])
+        for impl in ("reference", "current"):
+            a, s = r["audio_in"][impl]["min_us"], r["stem_out"][impl]["min_us"]
+            r[f"ceiling_{impl}"] = ceiling(a, s, r["frames"])
+            r[f"ceiling_{impl}_with_sendto"] = ceiling(a, s + send["min_us"], r["frames"])
     return {"benchmark": "frontend", "iterations": iterations, "repeats": repeats,
             "stems": STEMS, "sample_rate": SAMPLE_RATE, "sendto": send, "rows": rows,
             "machine": machine(), "command": "stemlink " + " ".join(sys.argv[1:])}
 
 
 def render(r: dict) -> str:
-    rows = [[x["format"], x["frames"], x["datagram_bytes"],
-             f"{x['audio_in']['median_us']:.2f} ({x['audio_in']['min_us']:.2f})",
-             f"{x['stem_out']['median_us']:.2f} ({x['stem_out']['min_us']:.2f})",
-             x["ceiling_python"], x["ceiling_with_sendto"]] for x in r["rows"]]
+    def us(x: dict) -> str:
+        return f"{x['min_us']:.2f} ({x['median_us']:.2f})"
+
+    rows = []
+    for x in r["rows"]:
+        for impl in ("reference", "current"):
+            rows.append([x["format"], x["frames"], impl, us(x["audio_in"][impl]),
+                         us(x["stem_out"][impl]), x[f"ceiling_{impl}"],
+                         x[f"ceiling_{impl}_with_sendto"]])
     send = r["sendto"]
     return (f"front end per datagram, {describe(r['machine'])}\n"
             f"command: {r['command']}\n\n" + markdown_table(
-                ["format", "frames", "bytes", "AUDIO in µs median (min)",
-                 "STEM out µs median (min)", "sessions/core (Python)",
+                ["format", "frames", "hot path", "AUDIO in µs min (median)",
+                 "STEM out µs min (median)", "sessions/core (Python)",
                  "sessions/core (+ sendto)"], rows) +
-            f"\n\nsendto of one datagram on loopback: {send['median_us']:.2f} µs median "
-            f"({send['min_us']:.2f} min). Sessions/core: 1 s / (rate/frames x (AUDIO in + "
-            f"{r['stems']} x STEM out)), front end only (no inference, no receive syscall).")
+            f"\n\nsendto of one datagram on loopback: {send['min_us']:.2f} µs min "
+            f"({send['median_us']:.2f} median). reference = the hot path as first written "
+            f"(commit 46d62ef), timed interleaved with the current one. Sessions/core: "
+            f"1 s / (rate/frames x (AUDIO in + {r['stems']} x STEM out)) from the minima, "
+            f"front end only (no inference, no receive syscall).")
 
 
 def save(r: dict, out: Path) -> None:
