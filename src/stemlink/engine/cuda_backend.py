@@ -33,6 +33,7 @@ from stemlink.engine.card import ModelCard
 from stemlink.engine.errors import EngineError
 
 CUDA_EP = "CUDAExecutionProvider"
+WARMUP_RUNS = 3  # ORT runs a model normally before it captures a CUDA graph
 
 
 def cuda_provider_options(device_id: int = 0, cuda_graph: bool = True) -> dict[str, str]:
@@ -141,10 +142,10 @@ class OrtCudaBackend:
             self._owned.append(("host", q))
             tmp = cu.malloc(g.in_bytes)
             self._owned.append(("device", tmp))
-            d_in = ort.OrtValue.ortvalue_from_shape_and_type(ins, np.float32, "cuda",
+            d_in = ort.OrtValue.ortvalue_from_shape_and_type(list(ins), np.float32, "cuda",
                                                              self.device_id)
-            d_out = ort.OrtValue.ortvalue_from_shape_and_type(outs, np.float32, "cuda",
-                                                              self.device_id)
+            d_out = ort.OrtValue.ortvalue_from_shape_and_type(list(outs), np.float32,
+                                                              "cuda", self.device_id)
             self._ortvalues = (d_in, d_out)  # keep them alive: the binding points at them
             binding = sess.io_binding()
             binding.bind_ortvalue_input(i_meta.name, d_in)
@@ -155,8 +156,8 @@ class OrtCudaBackend:
             cu.memset(self._ptr["d_in"], g.in_bytes, self._stream)
             cu.sync(self._stream)
             self._session, self._binding = sess, binding
-            self.infer()  # the first runs pick kernels and capture the CUDA graph
-            self.infer()
+            for _ in range(WARMUP_RUNS):  # kernel choice, then ORT captures the CUDA graph
+                self.infer()
         except Exception:
             self.deactivate()
             raise
