@@ -165,16 +165,22 @@ def test_bench_relay_calibration_matches_the_profiles(tmp_path):
     """The calibration command measures what the profiles configure (loss rate within
     15 %, mean burst within 10 % on 50k datagrams), and the TCP mode delivers every
     segment, the RTO model costing far more delay than fast retransmit."""
-    out = tmp_path / "relay.json"
-    r = stemlink("bench", "relay", "--datagrams", "50000", "--json", str(out))
+    out = tmp_path / "cal"
+    r = stemlink("bench", "relay", "--datagrams", "50000", "--out", str(out))
     assert r.returncode == 0, r.stderr
-    res = json.loads(out.read_text())
+    res = json.loads((out / "relay.json").read_text())
+    assert "| wifi | linux |" in (out / "relay.md").read_text()
+    png = (out / "relay.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     udp = {u["profile"]: u for u in res["udp"]}
     assert set(udp) == {"wired", "wifi", "stress"}
     assert udp["wired"]["loss_rate"] == 0 and udp["wired"]["delay_ms"]["max"] <= 0.3 + 1e-6
     for name, p, b in (("wifi", 0.02, 3.0), ("stress", 0.10, 2.0)):
         assert abs(udp[name]["loss_rate"] - p) <= 0.15 * p
         assert abs(udp[name]["mean_burst"] - b) <= 0.1 * b
+        hist = np.array(udp[name]["burst_histogram"])  # bursts of length 1, 2, …
+        assert np.isclose(hist @ np.arange(1, hist.size + 1) / hist.sum(),
+                          udp[name]["mean_burst"])
     assert abs(udp["stress"]["duplicated_rate"] - 0.005) <= 0.002
     tcp = {(t["profile"], t["recovery"]): t for t in res["tcp"]}
     for name in ("wifi", "stress"):

@@ -577,16 +577,17 @@ def bench_network_cmd(model, backend, audio, seconds, profiles, specs, losses, b
 @click.option("--datagrams", default=200_000, show_default=True,
               type=click.IntRange(1000, 10_000_000), help="Datagrams per profile.")
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1))
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
-def bench_relay_cmd(datagrams, seed, json_path) -> None:
+@click.option("--out", "out_dir", default="out/bench-relay", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_relay_cmd(datagrams, seed, out_dir) -> None:
     """What each relay profile does (loss rate, burst length, delay, swaps, duplicates; and
     the TCP mode's retransmission delay), measured on the relay's sans-IO cores."""
-    from stemlink.bench.calibrate import bench_relay, render, save
+    from stemlink.bench.calibrate import PNG, bench_relay, render, save
 
     r = bench_relay(datagrams, seed)
     click.echo(render(r))
-    if json_path:
-        save(r, json_path)
+    save(r, Path(out_dir))
+    click.echo(f"\nwrote {out_dir}/relay.json, {out_dir}/relay.md, {out_dir}/{PNG}")
 
 
 @bench.command("make-song")

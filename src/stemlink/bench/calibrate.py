@@ -42,12 +42,25 @@ def _udp(profile: str, n: int, seed: int) -> dict:
     out += imp.poll(n * UDP_INTERVAL_S + 1.0)
     st = imp.stats
     d = np.array([1000 * (r.time - r.arrival) for r in out])
+    passed = np.zeros(n, bool)
+    passed[[int.from_bytes(r.data, "big") for r in out]] = True
+    edges = np.diff(np.concatenate([[0], (~passed).astype(np.int8), [0]]))
+    bursts = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
     return {"profile": profile, "datagrams": n, "configured": spec.describe(),
+            "burst_histogram": np.bincount(bursts, minlength=2)[1:].tolist(),
+            "delay_ccdf_ms": _ccdf(d),
             "loss_rate": st.loss_rate, "mean_burst": st.mean_burst,
             "configured_mean_burst": ge_mean_burst(spec.loss, spec.burst),
             "reordered_rate": st.reordered / n, "duplicated_rate": st.duplicated / n,
             "delay_ms": {"p50": float(np.percentile(d, 50)), "p99": float(np.percentile(d, 99)),
                          "max": float(d.max()), "mean": float(d.mean())}}
+
+
+def _ccdf(d: np.ndarray, points: int = 200) -> list[list[float]]:
+    """[(delay ms, fraction of packets delayed more)] at log-spaced fractions."""
+    d = np.sort(d)
+    frac = np.geomspace(1.0 / d.size, 1.0, points)
+    return [[float(np.quantile(d, 1 - f)), float(f)] for f in frac]
 
 
 def _tcp(profile: str, seconds: float, seed: int, recovery: str) -> dict:
@@ -64,6 +77,7 @@ def _tcp(profile: str, seconds: float, seed: int, recovery: str) -> dict:
         out += imp.poll(t)
     d = np.array([1000 * (r.time - r.arrival) for r in out])
     return {"profile": profile, "recovery": recovery, "segments": imp.stats.received,
+            "delay_ccdf_ms": _ccdf(d),
             "segment_loss_rate": imp.stats.loss_rate, "retransmissions": imp.retransmissions,
             "delay_ms": {"p50": float(np.percentile(d, 50)), "p99": float(np.percentile(d, 99)),
                          "max": float(d.max()), "mean": float(d.mean())}}
@@ -100,6 +114,45 @@ def render(r: dict) -> str:
             f"(the baseline's upload):\n\n{tcp}")
 
 
-def save(r: dict, path: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(r, indent=2) + "\n")
+PNG = "relay.png"
+
+
+def save(r: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "relay.json").write_text(json.dumps(r) + "\n")
+    (out / "relay.md").write_text(render(r) + "\n")
+    plot(r, out / PNG)
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 4.2), dpi=110)
+    for u in r["udp"]:
+        c = np.array(u["delay_ccdf_ms"])
+        a1.plot(c[:, 0], c[:, 1], label=u["profile"])
+        h = np.array(u["burst_histogram"], float)
+        if h.sum():
+            a2.plot(np.arange(1, h.size + 1), h / h.sum(), "o-", ms=3,
+                    label=f"{u['profile']} (mean {u['mean_burst']:.2f})")
+    for t in r["tcp"]:
+        c = np.array(t["delay_ccdf_ms"])
+        if t["profile"] != "wired":
+            a3.plot(np.maximum(c[:, 0], 1e-3), c[:, 1], ls="-" if t["recovery"] == "linux"
+                    else "--", label=f"{t['profile']}, {t['recovery']}")
+    a1.set(xlabel="added delay (ms)", ylabel="fraction of datagrams delayed more",
+           yscale="log", title="UDP: added delay (jitter, reorder holds)")
+    a2.set(xlabel="loss burst length (datagrams)", ylabel="fraction of bursts", yscale="log",
+           title="UDP: Gilbert–Elliott loss bursts")
+    a3.set(xlabel="added delay (ms, log)", ylabel="fraction of segments delayed more",
+           xscale="log", yscale="log", title="TCP mode: retransmission + head-of-line delay")
+    for a in (a1, a2, a3):
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=7)
+    fig.suptitle(f"stemlink relay profiles, seed {r['seed']} (sans-IO cores)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

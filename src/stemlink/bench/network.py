@@ -254,11 +254,28 @@ def _fmt_sdr(d: dict | None, stems: list[str]) -> str:
     return " / ".join("n/a" if d[s] is None else f"{d[s]:.1f}" for s in stems) if d else "–"
 
 
+def hole_inferences(result: dict, run: dict) -> float | None:
+    """Inferences a run spent beyond what the audio that reached the server needs: its
+    inferences minus the reference's rate per block times the blocks the server got
+    (sent minus the hole the worker concealed or jumped). ~0 when a dropout costs no
+    inference; the server's own counters, so None for servers that do not report them."""
+    ref, c = result["runs"][0]["server"], run["server"]["counters"]
+    sent = sum(x.get("sent", 0) for x in result["runs"][0]["clients"])
+    if ref["inferences"] is None or run["server"]["inferences"] is None or not sent:
+        return None
+    hole = c.get("stream_gap_jumped_blocks", 0) + c.get("stream_concealed_input_blocks", 0)
+    got = sum(x.get("sent", 0) for x in run["clients"]) - hole
+    return run["server"]["inferences"] - ref["inferences"] / sent * got
+
+
 def render(result: dict) -> str:
     rows = []
     for r in result["runs"]:
         srv = r["server"]
         inf = srv["inferences"] if srv["inferences"] is not None else srv["compute_ms"]["blocks"]
+        extra = hole_inferences(result, r)
+        if extra is not None:
+            inf = f"{inf} ({extra:+.1f})"
         rel = r["relay"] or {}
         drop = (f"{rel['up']['dropped']} / {rel['down']['dropped']}" if rel else "–")
         for c in r["clients"]:
@@ -278,8 +295,9 @@ def render(result: dict) -> str:
     table = markdown_table(
         ["run", "client", "blocks sent", "stem blocks received", "lost", "late", "concealed",
          "e2e p50 ms", "e2e p99 ms", f"SDR dB ({' / '.join(stems)})", "SDR dB after",
-         "server CPU", "inferences" if any(r["server"]["inferences"] is not None
-                                           for r in result["runs"]) else "compute blocks",
+         "server CPU", "inferences (beyond the audio received)"
+         if any(r["server"]["inferences"] is not None for r in result["runs"])
+         else "compute blocks",
          "relay dropped up / down"], rows)
     ref = result["runs"][0]["clients"]
     bad = [f"client {c['client']}: {c.get('error') or ''}{c.get('lost', 0)} lost, "
@@ -311,7 +329,7 @@ def plot(result: dict, path: Path) -> None:
     stems = result["runs"][0]["clients"][0].get("stems", [])
     if not runs or not stems:
         return
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 0.5 * len(runs) + 2.5), dpi=110)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 0.5 * len(runs) + 3.5), dpi=110)
     y = np.arange(len(runs))
     h = 0.8 / (2 * len(stems))
     for j, stem in enumerate(stems):
@@ -319,10 +337,11 @@ def plot(result: dict, path: Path) -> None:
         a1.barh(y + (2 * j) * h, full, h, label=f"{stem}, whole song")
         tail = [min((r["clients"][0]["sdr_from_db"] or {}).get(stem) or np.nan, 80)
                 for r in runs]
-        a1.barh(y + (2 * j + 1) * h, tail, h, label=f"{stem}, from 2 s after the dropout")
+        a1.barh(y + (2 * j + 1) * h, tail, h,
+                label=f"{stem}, after the dropout (+{RECOVERY_S:g} s) / --sdr-from")
     a1.set_yticks(y + 0.4 - h / 2, [r["name"] for r in runs], fontsize=8)
     a1.set_xlabel("SDR vs undisturbed run (dB, capped at 80)")
-    a1.legend(fontsize=7)
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     a1.grid(True, axis="x", alpha=0.3)
     for k, key in enumerate(("lost", "late", "concealed")):
         a2.barh(y + k * 0.27, [r["clients"][0][key] for r in runs], 0.27, label=key)

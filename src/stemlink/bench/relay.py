@@ -271,7 +271,10 @@ class Impairment:
             self._say(now, len(data), "drop")
             return []
         ready = now + self._delay_s()
-        if self._held is None and self.spec.reorder and self._u_reo() < self.spec.reorder:
+        # one draw per passing datagram, held or not, so that the decisions depend only
+        # on the arrival order and never on when a reorder hold timed out
+        pick = self.spec.reorder > 0.0 and self._u_reo() < self.spec.reorder
+        if self._held is None and pick:
             self._held = (now, ready, data, meta)
             return []
         out = self._release(now, ready, data, meta, "")
