@@ -70,8 +70,32 @@ def test_backend_reuses_its_buffers(card, model_dir):
         be.infer()
 
 
-def test_unavailable_backends_say_so(card, model_dir):
-    with pytest.raises(EngineError, match="CUDAExecutionProvider|not available"):
-        make_backend("cuda", card, model_dir).activate()
+def test_cuda_backend_refuses_clearly_or_works(card, model_dir):
+    """Where the CUDA provider (or a GPU) is absent, one clear line naming the fix; where
+    it is present, a working backend whose masks are valid ratio masks."""
+    import onnxruntime as ort
+
+    from stemlink.engine.cuda_backend import provider_problem
+    from stemlink.engine.cudart import gpu_present
+
+    be = make_backend("cuda", card, model_dir)
+    problem = provider_problem(ort.get_available_providers()) or gpu_present()
+    if problem:
+        with pytest.raises(EngineError) as e:
+            be.activate()
+        msg = str(e.value)
+        assert "\n" not in msg and ("CUDAExecutionProvider" in msg or "GPU" in msg
+                                     or "CUDA" in msg)
+        return
+    be.activate()
+    try:
+        be.inputs[...] = np.random.default_rng(0).random(be.inputs.shape, np.float32)
+        out = be.infer()
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-4)
+    finally:
+        be.deactivate()
+
+
+def test_unknown_backend_says_so(card, model_dir):
     with pytest.raises(EngineError, match="unknown backend"):
         make_backend("abacus", card, model_dir)

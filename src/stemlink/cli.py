@@ -154,6 +154,25 @@ def testmodel_mdx(out, kind, dim_f, dim_t) -> None:
     click.echo(f"wrote {mdx_onnx(out, kind, dim_f, dim_t)}")
 
 
+@export.command("tensorrt")
+@_model_option
+@click.option("--fp16", is_flag=True, help="Build from the mixed FP16 ONNX (written and "
+              "checked against FP32 on the CPU first); magnitude input and mask ratio stay FP32.")
+@click.option("--batch", "batch", default="1,8,32", show_default=True,
+              help="Batch sizes, one optimisation profile each.")
+@click.option("--workspace-mb", default=2048, show_default=True, type=click.IntRange(64, 1 << 20))
+@click.option("--force", is_flag=True, help="Rebuild even when the plan is current.")
+def export_tensorrt_cmd(model, fp16, batch, workspace_mb, force) -> None:
+    """Build a TensorRT plan for this GPU (kept when current; rebuilt when stale)."""
+    from stemlink.engine.trt_plan import parse_batches
+    from stemlink.export.tensorrt import export_tensorrt
+
+    batches = parse_batches(batch)
+    entry = export_tensorrt(model, fp16=fp16, batches=batches, workspace_mb=workspace_mb,
+                            force=force, say=lambda s: click.echo(s, err=True))
+    click.echo(f"engine ready: {Path(model) / entry['file']}")
+
+
 # --------------------------------------------------------------------------- separate
 def _stream_options(f):
     f = click.option("--synthesis", type=click.Choice(["standard", "asymmetric"]),
@@ -284,6 +303,70 @@ def bench_capacity_cmd(model, backends, preset, seconds, max_clients, out_dir) -
     r = bench_capacity(model, list(backends) or available_backends(), preset, seconds,
                        max_clients, Path(out_dir))
     click.echo(render(r))
+
+
+@bench.command("frontend")
+@click.option("--iterations", default=20000, show_default=True, type=click.IntRange(100, 10**7),
+              help="Calls per timed repeat.")
+@click.option("--repeats", default=7, show_default=True, type=click.IntRange(1, 100))
+@click.option("--out", "out_dir", default="out/bench-frontend", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_frontend_cmd(iterations, repeats, out_dir) -> None:
+    """Python µs per AUDIO datagram in and per STEM datagram out; sessions per core."""
+    from stemlink.bench.frontend import bench_frontend, render, save
+
+    r = bench_frontend(iterations, repeats)
+    save(r, Path(out_dir))
+    click.echo(render(r))
+    click.echo(f"\nwrote {out_dir}/frontend.json, {out_dir}/frontend.md")
+
+
+@bench.command("int8")
+@_model_option
+@click.option("--seconds", default=8.0, show_default=True, type=click.FloatRange(2, 60),
+              help="Audio per song (the example and a synthetic song).")
+@click.option("--iterations", default=30, show_default=True, type=click.IntRange(5, 10000),
+              help="Timed inferences per variant (interleaved).")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]),
+              default="percentile", show_default=True, help="Calibration method.")
+@click.option("--out", "out_dir", default="out/bench-int8", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_int8_cmd(model, seconds, iterations, method, out_dir) -> None:
+    """Static int8 (QDQ) vs FP32 on this CPU: speed and fidelity; keep or drop."""
+    from stemlink.bench.int8_bench import bench_int8, render, save
+
+    r = bench_int8(model, seconds, iterations, method)
+    save(r, Path(out_dir))
+    click.echo(render(r))
+
+
+@bench.command("gpu")
+@_model_option
+@click.option("--batch", "batch", default="1,8,32,64,128,256", show_default=True,
+              help="Batch sizes to time.")
+@click.option("--iterations", default=200, show_default=True, type=click.IntRange(5, 100000))
+@click.option("--seconds", default=8.0, show_default=True, type=click.FloatRange(2, 600),
+              help="Audio per capacity step and per SDR song.")
+@click.option("--max-clients", default=128, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--no-capacity", is_flag=True, help="Skip the capacity ramp.")
+@click.option("--out", "out_dir", default="out/bench-gpu", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_gpu_cmd(model, batch, iterations, seconds, max_clients, no_capacity, out_dir) -> None:
+    """Every GPU figure: compute per window by backend and batch, capacity, GPU vs CPU
+    SDR (FP32, FP16). Exits 2 with one line on a host without a GPU."""
+    from stemlink.bench.gpu_bench import bench_gpu, render
+    from stemlink.engine.cudart import gpu_present
+    from stemlink.engine.trt_plan import parse_batches
+
+    batches = parse_batches(batch)
+    reason = gpu_present()
+    if reason:
+        _err(f"bench gpu needs an NVIDIA GPU: {reason}")
+        sys.exit(2)
+    r = bench_gpu(model, batches, iterations, seconds, max_clients, not no_capacity,
+                  Path(out_dir))
+    click.echo(render(r))
+    click.echo(f"\nwrote {out_dir}/gpu.json, {out_dir}/gpu.md")
 
 
 # --------------------------------------------------------------------------- network

@@ -31,6 +31,20 @@ class Backend(Protocol):
     def deactivate(self) -> None: ...
 
 
+def check_io(sess, path: Path, ins: tuple, outs: tuple) -> tuple:
+    """The session's single input/output metadata, with shapes checked against the card."""
+    i_meta, o_meta = sess.get_inputs(), sess.get_outputs()
+    if len(i_meta) != 1 or len(o_meta) != 1:
+        raise EngineError(f"{path}: expected one input and one output")
+    for meta, want in ((i_meta[0], ins), (o_meta[0], outs)):
+        got = meta.shape
+        if len(got) != len(want) or any(
+                isinstance(g, int) and g != w for g, w in zip(got, want, strict=True)):
+            raise EngineError(f"{path}: tensor {meta.name} has shape {got}, "
+                              f"the card says {list(want)}")
+    return i_meta[0], o_meta[0]
+
+
 def _shape(card: ModelCard, graph: GraphSpec, batch: int) -> tuple[tuple, tuple]:
     ins = (batch, card.channels, graph.frames, card.bins)
     outs = (batch, len(card.stems), card.channels, graph.frames, card.bins)
@@ -40,22 +54,23 @@ def _shape(card: ModelCard, graph: GraphSpec, batch: int) -> tuple[tuple, tuple]
 class OrtBackend:
     """ONNX Runtime with IOBinding onto numpy buffers allocated once in activate().
 
-    provider "cpu" runs the CPUExecutionProvider with session options chosen for latency
-    (sequential execution, all graph optimisations, intra-op threads = cores); "cuda" asks
-    for the CUDAExecutionProvider (onnxruntime-gpu) and fails clearly without it.
+    The CPUExecutionProvider with session options chosen for latency (sequential
+    execution, all graph optimisations, intra-op threads = cores). `onnx_file` picks
+    another graph file of the same model folder (the int8 or FP16 variants) in place of
+    the card's. The CUDA EP lives in cuda_backend.OrtCudaBackend (device buffers).
     """
 
     def __init__(self, card: ModelCard, folder: str | Path, *, graph: str = "streaming",
                  batch: int = 1, provider: str = "cpu", threads: int | None = None,
-                 spin: bool = False) -> None:
+                 spin: bool = False, onnx_file: str | None = None) -> None:
         if batch < 1:
             raise EngineError("batch must be >= 1")
         self.card = card
         self.graph = card.streaming if graph == "streaming" else card.offline
-        self.path = Path(folder) / self.graph.file
+        self.path = Path(folder) / (onnx_file or self.graph.file)
         self.batch = batch
         self.provider = provider
-        self.name = f"onnxruntime-{provider}"
+        self.name = f"onnxruntime-{provider}" + (f" ({onnx_file})" if onnx_file else "")
         self.threads = threads if threads else max(1, min(os.cpu_count() or 1, 8))
         self.spin = spin
         self._session = None
@@ -78,34 +93,23 @@ class OrtBackend:
         opts.log_severity_level = 3
         opts.add_session_config_entry("session.intra_op.allow_spinning",
                                       "1" if self.spin else "0")
-        providers = {"cpu": ["CPUExecutionProvider"],
-                     "cuda": ["CUDAExecutionProvider"]}.get(self.provider)
-        if providers is None:
-            raise EngineError(f"backend {self.provider!r} is not an ONNX Runtime provider here")
-        if providers[0] not in ort.get_available_providers():
-            raise EngineError(
-                f"{providers[0]} is not available in this onnxruntime "
-                f"({', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
+        if self.provider != "cpu":
+            raise EngineError(f"OrtBackend runs the CPU provider only, not {self.provider!r}")
+        providers = ["CPUExecutionProvider"]
+        if not self.path.is_file():
+            raise EngineError(f"{self.path} is missing")
         try:
             sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as e:  # ORT raises its own exception types, all fatal here
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EngineError(f"cannot load {self.path}: {first[:300]}") from None
         ins, outs = _shape(self.card, self.graph, self.batch)
-        i_meta, o_meta = sess.get_inputs(), sess.get_outputs()
-        if len(i_meta) != 1 or len(o_meta) != 1:
-            raise EngineError(f"{self.path}: expected one input and one output")
-        for meta, want in ((i_meta[0], ins), (o_meta[0], outs)):
-            got = meta.shape
-            if len(got) != len(want) or any(
-                    isinstance(g, int) and g != w for g, w in zip(got, want, strict=True)):
-                raise EngineError(f"{self.path}: tensor {meta.name} has shape {got}, "
-                                  f"the card says {list(want)}")
+        i_meta, o_meta = check_io(sess, self.path, ins, outs)
         self.inputs = np.zeros(ins, np.float32)
         self.outputs = np.zeros(outs, np.float32)
         binding = sess.io_binding()
-        binding.bind_cpu_input(i_meta[0].name, self.inputs)
-        binding.bind_output(o_meta[0].name, "cpu", 0, np.float32, list(outs),
+        binding.bind_cpu_input(i_meta.name, self.inputs)
+        binding.bind_output(o_meta.name, "cpu", 0, np.float32, list(outs),
                             self.outputs.ctypes.data)
         self._session, self._binding = sess, binding
         self.infer()  # warm-up: first run pays for kernel selection and arena growth
@@ -131,10 +135,18 @@ class OrtBackend:
 
 
 def make_backend(kind: str, card: ModelCard, folder: str | Path, **kw) -> Backend:
+    """cpu: ONNX Runtime CPU EP (kw: threads, spin, onnx_file for the int8 variant);
+    cuda: ONNX Runtime CUDA EP on device buffers (kw: device_id, cuda_graph,
+    output_frames); tensorrt: a TensorRT plan built by `stemlink export tensorrt` (kw:
+    precision, device_id, cuda_graph, output_frames)."""
     if kind == "cpu":
         return OrtBackend(card, folder, provider="cpu", **kw)
     if kind == "cuda":
-        return OrtBackend(card, folder, provider="cuda", **kw)
+        from stemlink.engine.cuda_backend import OrtCudaBackend
+
+        return OrtCudaBackend(card, folder, **kw)
     if kind == "tensorrt":
-        raise EngineError("the tensorrt backend is not built yet; use --backend cpu or cuda")
+        from stemlink.engine.trt_backend import TrtBackend
+
+        return TrtBackend(card, folder, **kw)
     raise EngineError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")

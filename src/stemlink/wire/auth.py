@@ -38,3 +38,9 @@ def tag(key: bytes, data: bytes | bytearray | memoryview) -> bytes:
 
 def verify(key: bytes, data: bytes | memoryview, expected: bytes | memoryview) -> bool:
     return hmac.compare_digest(tag(key, data), bytes(expected))
+
+
+def verify_view(key: bytes, data: bytes | memoryview, expected: bytes | memoryview) -> bool:
+    """verify() without copying `expected`: compare_digest takes any bytes-like object."""
+    return hmac.compare_digest(
+        hashlib.blake2s(data, digest_size=TAG_SIZE, key=key).digest(), expected)
