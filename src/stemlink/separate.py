@@ -61,7 +61,8 @@ def separate_file(inp: str | Path, model: str | Path, out_dir: str | Path, *,
         xm = aio.resample(aio.to_channels(x, card.channels), sr, card.sample_rate)
         if offline:
             stems = separate_offline(card, engine.backend, xm, progress)
-            delay, describe = None, "offline (whole-file segments)"
+            delay, describe = None, ("whole-file model (offline): the best stems; "
+                                     "--preset NAME previews a live stream")
         else:
             cfg = engine.config(preset, hop_frames, lookahead, synthesis)
             sep = engine.separator(cfg)

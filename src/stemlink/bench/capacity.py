@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from stemlink.bench import procs
@@ -28,7 +29,8 @@ def available_backends() -> list[str]:
 
 
 def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
-                   max_clients: int, out: Path) -> dict:
+                   max_clients: int, out: Path,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
     from stemlink.engine.card import load_card
     from stemlink.engine.presets import preset as preset_config
 
@@ -61,6 +63,10 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
                                               for r in reps),
                         "server_cpu_cores": (procs.cpu_seconds(child.proc.pid) - cpu0) / secs,
                     })
+                    if progress:  # steps of the ramp, all backends; it may stop early
+                        i = backends.index(backend)
+                        progress((i + 1) * max_clients if missed else i * max_clients + n,
+                                 len(backends) * max_clients)
                     if missed:
                         break
             finally:

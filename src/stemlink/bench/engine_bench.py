@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from stemlink import audio as aio
@@ -16,7 +17,7 @@ from stemlink.percentiles import summarize
 
 
 def bench_engine(model: str, backend: str, seconds: float, audio_path: str | None,
-                 iterations: int) -> dict:
+                 iterations: int, progress: Callable[[int, int], None] | None = None) -> dict:
     from stemlink.export.checkpoint import example_audio
 
     x, sr = aio.read_audio(audio_path or example_audio())
@@ -25,11 +26,16 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
         card = engine.card
         x = aio.resample(aio.to_channels(x, card.channels), sr, card.sample_rate)
         x = aio.loop_to(x, int(seconds * card.sample_rate))
+        hops = len(range(0, x.shape[1] - card.hop + 1, card.hop))
+        steps, done = iterations + len(PRESETS) * hops, 0  # for the progress bar
         infer_ms = []
         for _ in range(iterations):
             t = time.perf_counter()
             engine.backend.infer()
             infer_ms.append((time.perf_counter() - t) * 1e3)
+        done = iterations
+        if progress:
+            progress(done, steps)
         rows = []
         for name in PRESETS:
             cfg = engine.config(name)
@@ -44,6 +50,9 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
                 total += dt
                 if sep.stats.inferences > before:
                     window_ms.append(dt * 1e3)
+            done += hops
+            if progress:  # between presets, never inside the timed loop
+                progress(done, steps)
             audio_s = x.shape[1] / card.sample_rate
             budget_ms = 1e3 * cfg.hop_frames * hop / card.sample_rate
             p = summarize(window_ms, (50, 99))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ def sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(ref**2) / max(np.sum((ref - estimate)**2), 1e-20)))
 
 
-def bench_fidelity(model: str, audio_path: str | None) -> dict:
+def bench_fidelity(model: str, audio_path: str | None,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
     from stemlink.export.checkpoint import example_audio
 
     src = audio_path or str(example_audio())
@@ -40,6 +42,8 @@ def bench_fidelity(model: str, audio_path: str | None) -> dict:
         card = off.card
         x = aio.resample(aio.to_channels(x, card.channels), sr, card.sample_rate)
         ref = separate_offline(card, off.backend, x)
+        if progress:
+            progress(1, 1 + len(CONFIGS))
     finally:
         off.close()
     eng = open_engine(model)
@@ -51,6 +55,8 @@ def bench_fidelity(model: str, audio_path: str | None) -> dict:
             rows.append({"config": label, "H": h, "L": l, "synthesis": syn,
                          "delay_samples": sep.delay, "delay_ms": sep.latency.ms,
                          "sdr_db": {s: sdr(ref[i], y[i]) for i, s in enumerate(card.stems)}})
+            if progress:
+                progress(1 + len(rows), 1 + len(CONFIGS))
     finally:
         eng.close()
     return {"benchmark": "fidelity", "audio": Path(src).name, "stems": card.stems,

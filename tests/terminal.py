@@ -1,0 +1,41 @@
+"""Run a command the way a user at a terminal does: under a pseudo-terminal (pty), so that
+isatty() is true for its stdout and stderr, with a 120 x 40 window."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+ROWS, COLS = 40, 120
+
+
+def run_in_pty(args: list[str], timeout: float = 300, env: dict | None = None,
+               ) -> tuple[int, str]:
+    """(exit code, everything the command wrote to the terminal, decoded)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "stemlink", *map(str, args)], stdin=slave,
+                         stdout=slave, stderr=slave, close_fds=True, env=env)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every holder of the terminal's other end has closed it
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        if p.poll() is None and time.monotonic() >= deadline:
+            p.kill()
+    return p.wait(timeout=30), b"".join(chunks).decode(errors="replace")
