@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 from stemlink import audio as aio
 from stemlink.percentiles import summarize
 from stemlink.udp_client.core import ClientCore, Pong, StemBlock
+from stemlink.udp_client.status import SendProgress, SendStatus, ticker
 from stemlink.udp_client.transport import connect
 from stemlink.wire import packets as pk
 from stemlink.wire.constants import PRESET_NAMES, Flags, SampleFormat
@@ -38,6 +40,7 @@ class SendOptions:
     ping_every_s: float = 0.5
     drain_s: float = 2.0
     first_seq: int = 0
+    on_status: Callable[[SendProgress], None] | None = None  # called once a second
 
 
 @dataclass
@@ -99,7 +102,17 @@ async def send_file(opts: SendOptions) -> SendReport:
         padded = np.zeros((acc.channels, nblocks * b), np.float32)
         padded[:, :n] = xm
         state.setup(len(acc.stems), acc.channels, nblocks, b)
-        await _pump(proto, core, state, padded, nblocks, b, acc.sample_rate, opts)
+        status = None
+        if opts.on_status is not None:
+            status = asyncio.create_task(ticker(SendStatus(
+                sample_rate=acc.sample_rate, block=b, delay=d, frames=n,
+                jitter_ms=opts.jitter_ms, realtime=opts.realtime), state, opts.on_status))
+        try:
+            await _pump(proto, core, state, padded, nblocks, b, acc.sample_rate, opts)
+        finally:
+            if status is not None:
+                status.cancel()
+                await asyncio.gather(status, return_exceptions=True)
         proto.send(core.bye(time.monotonic()))
     finally:
         proto.transport.close()
