@@ -20,6 +20,7 @@ from stemlink.engine.streaming import latency_of
 from stemlink.loop import run_loop
 from stemlink.sockets import udp_socket
 from stemlink.udp_server.core import ServerCore, StreamSetup
+from stemlink.udp_server.status import ServerSample, ServerStatus
 from stemlink.udp_server.worker import Worker
 from stemlink.wire.constants import SYNTHESIS_NAMES
 
@@ -38,6 +39,7 @@ class ServeOptions:
     idle_timeout: float = 10.0
     psk: bytes = b""
     compute_stats: str | None = None  # write per-block compute times here at exit (benches)
+    status_interval: float = 0.0  # seconds between status log lines; 0 = none
 
 
 def make_stream_factory(engine: Engine, default_preset: str):
@@ -123,6 +125,7 @@ class Server:
             lambda: ServerProtocol(self.core, worker), sock=self.sock)
         self.protocol = protocol
         worker.start()
+        status, next_status = ServerStatus(), time.monotonic()
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -134,6 +137,11 @@ class Server:
                     pass
                 self.core.expire(time.monotonic())
                 protocol.flush()
+                if self.opts.status_interval > 0 and time.monotonic() >= next_status:
+                    next_status = time.monotonic() + self.opts.status_interval
+                    line = status.update(self.status_sample())
+                    if line:
+                        log.info("%s", line)
         finally:
             self.core.shutdown(time.monotonic())
             protocol.flush()
@@ -147,6 +155,15 @@ class Server:
                     json.dump({"compute_ns": worker.compute_ns,
                                "counters": dict(self.core.counters)}, f)
             log.info("server stopped: %s", dict(self.core.counters))
+
+    def status_sample(self) -> ServerSample:
+        """Counters for the status line (read on the loop thread, which owns the core)."""
+        c = self.core.counters
+        return ServerSample(
+            now=time.monotonic(), sessions=len(self.core.sessions),
+            rx_datagrams=c["rx_datagrams"], dropped=c["dropped"],
+            compute_ns=self.worker.compute_ns if self.worker else (),
+            queued=sum(s.queued - s.taken for s in self.core.sessions.values()))
 
     def _send(self, datagrams: list[bytes], addr: Any) -> None:
         if self.protocol is not None:
