@@ -18,6 +18,10 @@ ROWS, COLS = 40, 120
 def run_in_pty(args: list[str], timeout: float = 300, env: dict | None = None,
                ) -> tuple[int, str]:
     """(exit code, everything the command wrote to the terminal, decoded)."""
+    # the window size comes from the terminal, as for a user; pytest's environment may
+    # carry COLUMNS/LINES of its own, which would override it
+    env = {k: v for k, v in (os.environ if env is None else env).items()
+           if k not in ("COLUMNS", "LINES")}
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
     p = subprocess.Popen([sys.executable, "-m", "stemlink", *map(str, args)], stdin=slave,

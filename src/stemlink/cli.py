@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -261,6 +262,26 @@ def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_le
     run_loop(srv.run(install_signals=True))
 
 
+class _StatusLine:
+    """`send`'s status line on stdout: rewritten in place once a second, on a terminal
+    only, and ended with a newline before the summary."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.on = not quiet and sys.stdout.isatty()
+        self.shown = False
+
+    def show(self, p) -> None:
+        # a line wider than the terminal would wrap, and \r would then rewrite only its
+        # last row: cut it to the width; ESC[K erases the old line's tail
+        width = shutil.get_terminal_size().columns - 1
+        click.echo(f"\r{p.line()[:width]}\x1b[K", nl=False)
+        self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            click.echo()
+
+
 @cli.command()
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.option("--server", default="127.0.0.1:5005", show_default=True, help="HOST:PORT")
@@ -287,21 +308,14 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
     from stemlink.udp_client.sender import SendOptions, save_stats, send_file
     from stemlink.udp_client.transport import parse_server
 
-    shown = []
-
-    def show(p) -> None:  # one line, rewritten in place
-        click.echo(f"\r{p.line()}\x1b[K", nl=False)
-        shown.append(p)
-
-    live_line = not quiet and sys.stdout.isatty()
+    line = _StatusLine(quiet)
     opts = SendOptions(input, parse_server(server), out_dir, preset=preset, realtime=realtime,
                        jitter_ms=jitter_ms, block=int(block), psk=psk.encode(),
-                       synthesis=synthesis, on_status=show if live_line else None)
+                       synthesis=synthesis, on_status=line.show if line.on else None)
     try:
         rep = run_loop(send_file(opts))
     finally:
-        if shown:
-            click.echo()
+        line.end()
     click.echo(rep.summary() if realtime else rep.summary().replace(
         "end-to-end latency", "(not paced in real time) end-to-end latency"))
     for name, path in rep.files.items():
@@ -408,8 +422,12 @@ def demo(model: str, out_dir: str, preset: str) -> None:
     with ServerThread(ServeOptions(model, "127.0.0.1", 0, preset=preset)) as st:
         click.echo(st.server.describe())
         click.echo(f"streaming {src.name} in real time to {st.address[0]}:{st.address[1]} ...")
-        rep = run_loop(send_file(SendOptions(src, st.address, out_dir,
-                                                        preset=preset)))
+        line = _StatusLine(quiet=False)
+        try:
+            rep = run_loop(send_file(SendOptions(src, st.address, out_dir, preset=preset,
+                                                 on_status=line.show if line.on else None)))
+        finally:
+            line.end()
     click.echo(rep.summary())
     for name, path in rep.files.items():
         click.echo(f"{name}: {path}")

@@ -39,6 +39,8 @@ def stream_array(sep: StreamingSeparator, x: np.ndarray,
     out = np.zeros((s, x.shape[0], n + d), np.float32)
     padded = np.zeros((x.shape[0], n + d), np.float32)
     padded[:, :n] = x
+    if progress:
+        progress(0, n + d)
     for i in range(0, n + d, BLOCK):
         blk = padded[:, i:i + BLOCK]
         out[:, :, i:i + blk.shape[1]] = sep.process(blk)

@@ -38,6 +38,8 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
 
     out.mkdir(parents=True, exist_ok=True)
     results = {}
+    if progress:
+        progress(0, len(backends) * max_clients)
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         bench_audio(seconds, tmp / "bench.wav")

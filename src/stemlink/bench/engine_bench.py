@@ -28,6 +28,8 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
         x = aio.loop_to(x, int(seconds * card.sample_rate))
         hops = len(range(0, x.shape[1] - card.hop + 1, card.hop))
         steps, done = iterations + len(PRESETS) * hops, 0  # for the progress bar
+        if progress:
+            progress(0, steps)
         infer_ms = []
         for _ in range(iterations):
             t = time.perf_counter()

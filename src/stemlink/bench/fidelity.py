@@ -37,6 +37,8 @@ def bench_fidelity(model: str, audio_path: str | None,
 
     src = audio_path or str(example_audio())
     x, sr = aio.read_audio(src)
+    if progress:
+        progress(0, 1 + len(CONFIGS))
     off = open_engine(model, graph="offline")
     try:
         card = off.card

