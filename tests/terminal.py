@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import signal
 import struct
 import subprocess
 import sys
@@ -16,8 +17,9 @@ ROWS, COLS = 40, 120
 
 
 def run_in_pty(args: list[str], timeout: float = 300, env: dict | None = None,
-               ) -> tuple[int, str]:
-    """(exit code, everything the command wrote to the terminal, decoded)."""
+               interrupt_after: str | None = None) -> tuple[int, str]:
+    """(exit code, everything the command wrote to the terminal, decoded). With
+    `interrupt_after`, Ctrl-C (SIGINT) is sent once that text has appeared."""
     # the window size comes from the terminal, as for a user; pytest's environment may
     # carry COLUMNS/LINES of its own, which would override it
     env = {k: v for k, v in (os.environ if env is None else env).items()
@@ -38,6 +40,9 @@ def run_in_pty(args: list[str], timeout: float = 300, env: dict | None = None,
             if not data:
                 break
             chunks.append(data)
+            if interrupt_after and interrupt_after.encode() in b"".join(chunks):
+                p.send_signal(signal.SIGINT)
+                interrupt_after = None
     finally:
         os.close(master)
         if p.poll() is None and time.monotonic() >= deadline:

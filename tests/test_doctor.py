@@ -49,7 +49,7 @@ def test_doctor_on_this_machine(model_dir, tmp_path):
     for name in ("python", "numpy", "soundfile", "onnxruntime", "model", "demo audio",
                  "udp 127.0.0.1:any", f"udp 127.0.0.1:{free}", "key file"):
         assert table[name][0] == "ok", (name, table[name])
-    assert "exported by stemlink 0.1.0 (this version); both graphs load" in table["model"][1]
+    assert table["model"][1].endswith(": by stemlink 0.1.0 (this version), graphs load")
     assert "CPU" in table["onnxruntime"][1]
     assert table["key file"][1].endswith("mode 0600, 32 bytes")
     # every line that is not ok (warn) carries its fix
@@ -111,3 +111,21 @@ def test_missing_onnxruntime_and_portaudio_are_named(monkeypatch, model_dir):
     assert dr.exit_code(list(checks.values())) == 1
     text = dr.render(list(checks.values()))
     assert "fix: pip install onnxruntime" in text
+
+
+def test_a_model_from_another_version_warns_with_a_fix(tmp_path, model_dir):
+    import json
+
+    d = tmp_path / "old-model"
+    d.mkdir()
+    card = json.loads((model_dir / "model.json").read_text())
+    card["exporter"]["stemlink"] = "0.0.9"
+    (d / "model.json").write_text(json.dumps(card))
+    for f in ("model.onnx", "offline.onnx"):
+        (d / f).symlink_to(model_dir / f)
+    c = dr._model(str(d))
+    assert c.level is Level.WARN and "by stemlink 0.0.9, not by this version (0.1.0)" in c.found
+    assert c.fix.endswith(f"stemlink export spleeter --out {d}")
+    card["card_version"] = 99
+    (d / "model.json").write_text(json.dumps(card))
+    assert dr._model(str(d)).level is Level.FAIL

@@ -93,3 +93,13 @@ def test_timed_bar_completes_and_is_silent_when_off(capsys):
         assert t._bar is not None
     assert t._bar.n == t._bar.total
     assert np.isfinite(t._bar.total)
+
+
+def test_ctrl_c_ends_the_bar_above_one_error_line(tmp_path, model_dir, example):
+    clip = _clip(tmp_path, example, seconds=10)
+    rc, out = run_in_pty(["separate", clip, "--model", model_dir, "--out", tmp_path / "o",
+                          "--preset", "quality"], interrupt_after="separating:")
+    assert rc == 130, out
+    lines = [ln for ln in out.replace("\r\n", "\n").split("\n") if ln.strip()]
+    assert lines[-1] == "stemlink: error: aborted", out  # no bar redrawn after it
+    assert "Traceback" not in out and "separating:" in lines[-2]

@@ -434,9 +434,17 @@ def demo(model: str, out_dir: str, preset: str) -> None:
     click.echo(f"stems written to {out_dir}/")
 
 
-def main() -> None:
+def _run() -> None:
     try:
         cli.main(standalone_mode=False)
+    except BaseException:
+        prog.close_all()  # a bar ends where it stood, above the error line
+        raise
+
+
+def main() -> None:
+    try:
+        _run()
     except click.exceptions.Abort:
         _err("aborted")
         sys.exit(130)

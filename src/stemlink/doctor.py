@@ -209,8 +209,8 @@ def _portaudio() -> list[Check]:
     if not devs or not ins or not outs:
         return [*out, Check("sound devices", Level.WARN,
                             f"{ins} input, {outs} output device(s): `live` needs both",
-                            "attach a sound card or start an audio server; "
-                            "`stemlink devices` lists what PortAudio sees")]
+                            "attach a sound card or start an audio server; see "
+                            "`stemlink devices`")]
     di = next((d.name for d in devs if d.default_input), "none")
     do = next((d.name for d in devs if d.default_output), "none")
     return [*out, Check("sound devices", Level.OK, f"{ins} input, {outs} output; default in "
@@ -234,7 +234,7 @@ def _model(folder: str) -> Check:
                f"{EXPORT_INSTALL} && stemlink export spleeter --out {folder}")
         return Check(name, Level.FAIL, str(e), fix)
     by = card.exporter.get("stemlink", "an unknown version")
-    found = f"{card.name} in {folder}, exported by stemlink {by}"
+    found = f"{card.name} in {folder}: by stemlink {by}"
     if card.card_version != CARD_VERSION:
         return Check(name, Level.FAIL, f"{found}: card version {card.card_version}, this "
                      f"stemlink reads {CARD_VERSION}", f"stemlink export spleeter --out {folder}")
@@ -245,7 +245,7 @@ def _model(folder: str) -> Check:
     if by != __version__:
         return Check(name, Level.WARN, f"{found}, not by this version ({__version__})",
                      f"re-export to be sure it matches: stemlink export spleeter --out {folder}")
-    return Check(name, Level.OK, f"{found} (this version); both graphs load")
+    return Check(name, Level.OK, f"{found} (this version), graphs load")
 
 
 def _loads(folder: str) -> str:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TextIO
 
 from tqdm import tqdm
 
 Progress = Callable[[int, int], None]
+_open: weakref.WeakSet[tqdm] = weakref.WeakSet()  # bars not yet closed, for close_all
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}]"
 
 
@@ -32,9 +34,19 @@ def bar(desc: str, total: int | None = None, unit: str = "", *, on: bool = True,
         scale: bool = False) -> tqdm:
     """A tqdm bar on stderr with elapsed time and ETA; a silent no-op when `on` is false.
     `scale` writes large counts as 179k (for samples)."""
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not on,
-                bar_format=BAR_FORMAT if total else None, dynamic_ncols=True, leave=True,
-                unit_scale=scale)
+    b = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not on,
+             bar_format=BAR_FORMAT if total else None, dynamic_ncols=True, leave=True,
+             unit_scale=scale)
+    _open.add(b)
+    return b
+
+
+def close_all() -> None:
+    """End every open bar where it stands (before an error message, so that the message
+    is not followed by a bar redrawn at exit)."""
+    for b in list(_open):
+        b.close()
+    _open.clear()
 
 
 def callback(desc: str, unit: str = "", *, on: bool = True,

@@ -91,7 +91,7 @@ def render(devices: list[Device], portaudio: str) -> str:
     """A table for people; the last lines say how to pass a device to `live`."""
     if not devices:
         return (f"no sound devices found ({portaudio}); `live` needs a sound card or an "
-                f"audio server (ALSA, PulseAudio/PipeWire, JACK)")
+                f"audio server")
     head = ("index", "name", "host API", "in", "out", "rate Hz", "default")
     rows = [(str(d.index), d.name, d.hostapi, str(d.inputs), str(d.outputs),
              f"{d.sample_rate:g}",
