@@ -26,6 +26,13 @@ def test_rates_load_and_drops_over_the_interval():
                     "compute p50 5.00 ms, p99 5.35 ms), queue 5, drops 4 (total 7)")
 
 
+def test_load_is_capped_at_the_whole_interval():
+    st = ServerStatus()
+    st.update(sample(0.0, 1))
+    # one 3 s block finishing in a 1 s interval: the worker was busy the whole interval
+    assert "worker load 100 % (1 blocks/s" in st.update(sample(1.0, 1, compute=[3_000_000_000]))
+
+
 def test_an_idle_server_prints_nothing_and_one_session_is_singular():
     st = ServerStatus()
     st.update(sample(0.0))

@@ -2,8 +2,8 @@
 (or None) out. The server's loop takes a sample every `--status-interval` seconds.
 
 Rates are over the interval since the previous line. Worker load is the share of the
-interval the worker thread spent in inference (1.0 = the worker never idle: sessions will
-start to miss deadlines and the core will drop input as overload). An idle server with
+interval the worker thread spent in inference (100 % = the worker never idle: sessions
+miss deadlines and the core drops input as overload). An idle server with
 nothing new to say prints nothing, so a headless server's log does not fill with
 identical lines.
 """
@@ -42,7 +42,9 @@ class ServerStatus:
         drops = s.dropped - last.dropped
         if s.sessions == 0 and rx == 0 and new.size == 0 and drops == 0:
             return None
-        load = new.sum() / 1e9 / dt
+        # compute is attributed to the interval a block finishes in, so a long block can
+        # push the sum past the interval: the worker was busy all of it, not more
+        load = min(new.sum() / 1e9 / dt, 1.0)
         compute = (f"compute p50 {np.percentile(new, 50) / 1e6:.2f} ms, p99 "
                    f"{np.percentile(new, 99) / 1e6:.2f} ms" if new.size else "no compute")
         return (f"status: {s.sessions} session{'s' if s.sessions != 1 else ''}, "
