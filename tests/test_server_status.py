@@ -12,7 +12,14 @@ from stemlink.udp_server.status import ServerSample, ServerStatus
 
 
 def sample(now, sessions=0, rx=0, dropped=0, compute=(), queued=0):
-    return ServerSample(now, sessions, rx, dropped, list(compute), queued)
+    return ServerSample(now, sessions, rx, dropped, list(compute), sum(compute), queued)
+
+
+def test_a_replaced_worker_starts_its_counts_over():
+    st = ServerStatus()
+    st.update(sample(0.0, 1, compute=[1_000_000] * 50))
+    line = st.update(sample(1.0, 1, compute=[4_000_000] * 10))  # a new, shorter list
+    assert "worker load 4 % (10 blocks/s, compute p50 4.00 ms" in line
 
 
 def test_rates_load_and_drops_over_the_interval():

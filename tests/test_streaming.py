@@ -207,3 +207,50 @@ def test_ultra_preset_is_the_lowest_delay(card):
             delays[name] = sep.delay
         assert min(delays, key=delays.get) == "ultra"
         assert delays["ultra"] == (preset("ultra", accelerated).hop_frames + 1) * 1024 - 1
+
+
+@pytest.mark.parametrize("cfg", [StreamConfig(2, 0), StreamConfig(4, 4),
+                                 StreamConfig(1, 0, "asymmetric")])
+def test_advance_equals_feeding_silence(engine, example, cfg):
+    """A long gap costs O(1): advance(n) leaves the separator exactly where n samples of
+    silence would, so every later output sample is the same (real model, real audio)."""
+    x = example[0][:, :40_000]
+    a, b = engine.separator(cfg), engine.separator(cfg)
+    a.process(x[:, :20_480])
+    b.process(x[:, :20_480])
+    gap = a.memory + 3 * 256 + 100  # not a multiple of the hop: phases must carry over
+    inf = a.stats.inferences
+    a.advance(gap)
+    assert a.stats.inferences == inf  # no model call for the gap
+    b.process(np.zeros((2, gap), np.float32))
+    ya = np.concatenate([a.process(x[:, i:i + 256]).copy() for i in range(20_480, 40_000, 256)],
+                        axis=-1)
+    yb = np.concatenate([b.process(x[:, i:i + 256]).copy() for i in range(20_480, 40_000, 256)],
+                        axis=-1)
+    assert np.abs(ya - yb).max() < 1e-6
+    with pytest.raises(Exception, match="advance"):
+        a.advance(a.memory - 1)
+
+
+def test_skip_keeps_context_and_costs_no_inference(engine, example):
+    """skip() feeds the STFT without the model; output after a skipped stretch matches the
+    uninterrupted stream once the held-mask frames have left the overlap-add."""
+    cfg = StreamConfig(2, 0)
+    x = example[0][:, 44_100:44_100 + 6 * 44_100]
+    a, b = engine.separator(cfg), engine.separator(cfg)
+    n0, n1 = 2 * 44_100 // 256 * 256, 3 * 44_100 // 256 * 256
+    a.process(x[:, :n0])
+    b.process(x[:, :n0])
+    inf = a.stats.inferences
+    for i in range(n0, n1, 256):
+        a.skip(x[:, i:i + 256])
+        b.process(x[:, i:i + 256])
+    assert a.stats.inferences == inf and a.stats.skipped_inferences > 0
+    settle = n1 + a.delay + 4096  # the last held-mask frame has left the output
+    ya, yb = [], []
+    for i in range(n1, x.shape[1] - 256, 256):
+        oa, ob = a.process(x[:, i:i + 256]), b.process(x[:, i:i + 256])
+        if i >= settle:
+            ya.append(oa.copy())
+            yb.append(ob.copy())
+    assert np.abs(np.concatenate(ya, -1) - np.concatenate(yb, -1)).max() < 1e-5

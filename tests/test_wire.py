@@ -28,7 +28,7 @@ def test_header_layout_is_exact():
     buf = bytearray(HEADER_SIZE)
     pk.pack_header(buf, h)
     assert buf.hex() == (
-        "534c" "01" "04" "04" "00" "02" "01"  # magic, version, AUDIO, LAST, stem, ch, s16
+        "534c" "02" "04" "04" "00" "02" "01"  # magic, version, AUDIO, LAST, stem, ch, s16
         "01020304" "ffffffff"  # session, seq
         "0102030405060708" "1112131415161718"  # media timestamp, send time
         "0100" "0400")  # frames 256, payload 1024 bytes
@@ -36,8 +36,8 @@ def test_header_layout_is_exact():
 
 def _packets():
     hello = pk.Hello(bytes(range(16)), 44100, 256, 2, 1, 2)
-    acc = pk.Accept(44100, 256, 2, 1, 2, 2, 0, 0, 5119, bytes(16), "spleeter-2stems",
-                    ("vocals", "accompaniment"))
+    acc = pk.Accept(44100, 256, 2, 1, 2, 2, 0, 0, 5119, 1024, 1, 0, 12, bytes(16),
+                    "spleeter-2stems", ("vocals", "accompaniment"))
     return [
         (pk.Header(PacketType.HELLO, 0, 0, 0, 0, 7), pk.encode_hello(hello)),
         (pk.Header(PacketType.COOKIE, 0, 0, 0, 0, 7), bytes(32)),
@@ -72,14 +72,14 @@ def test_round_trip_and_truncated_twin(h, body):
 
 
 def test_payload_decoders_round_trip():
-    acc = pk.Accept(48000, 128, 1, 2, 4, 4, 8, 1, 12345, bytes(range(16)), "m",
+    acc = pk.Accept(48000, 128, 1, 2, 4, 4, 8, 1, 12345, 512, 2, 1, 20, bytes(range(16)), "m",
                     ("a", "b", "c", "d"))
     assert pk.decode_accept(pk.encode_accept(acc)) == acc
     with pytest.raises(pk.WireError):
         pk.decode_accept(pk.encode_accept(acc) + b"x")
     with pytest.raises(pk.WireError):
         pk.decode_accept(pk.encode_accept(acc)[:-1])
-    hello = pk.Hello(bytes(16), 44100, 64, 1, 2, 0, 1, 2, 1, bytes(range(32)))
+    hello = pk.Hello(bytes(16), 44100, 64, 1, 2, 0, 1, 2, 1, 256, 4, 1, 80, bytes(range(32)))
     assert pk.decode_hello(pk.encode_hello(hello)) == hello
     with pytest.raises(pk.WireError):
         pk.decode_hello(pk.encode_hello(hello)[:-1])
@@ -90,7 +90,7 @@ def test_payload_decoders_round_trip():
 
 @pytest.mark.parametrize("mutate,reason", [
     (lambda b: b.__setitem__(0, 0x00), "bad-magic"),
-    (lambda b: b.__setitem__(2, 2), "bad-version"),
+    (lambda b: b.__setitem__(2, 1), "bad-version"),
     (lambda b: b.__setitem__(3, 0), "bad-type"),
     (lambda b: b.__setitem__(3, 99), "bad-type"),
     (lambda b: b.__setitem__(4, 0x80), "bad-flags"),

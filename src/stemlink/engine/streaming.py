@@ -59,6 +59,8 @@ def latency_of(card: ModelCard, config: StreamConfig) -> Latency:
 class StreamStats:
     frames: int = 0
     inferences: int = 0
+    skipped_inferences: int = 0  # windows fed without running the model (stale output)
+    advanced: int = 0  # samples jumped over in O(1) by advance()
     nonfinite_blocks: int = 0  # blocks that carried NaN/Inf; those samples became 0
 
 
@@ -132,6 +134,9 @@ class StreamingSeparator:
         self._fifo = np.zeros((s, c, self._cap), np.float32)
         self._rd, self._level = 0, self._prefill
         self._out = np.zeros((s, c, max_block), np.float32)
+        # masks of the newest synthesised frame, held for frames whose inference is skipped
+        self._held = np.zeros((s, c, f), np.float32)
+        self._infer = True
         self.stats = StreamStats()
 
     # ------------------------------------------------------------------ public
@@ -139,6 +144,46 @@ class StreamingSeparator:
     def delay(self) -> int:
         """D in samples: output sample i corresponds to input sample i - D."""
         return self.latency.samples
+
+    @property
+    def memory(self) -> int:
+        """Samples after which the output no longer depends on older input: the model's
+        window of W frames, the frame itself and the output delay. A silence at least this
+        long leaves every buffer at zero, which is what `advance()` jumps to."""
+        return self._w * self._m + self._n + self.delay
+
+    def skip(self, block: np.ndarray) -> np.ndarray:
+        """Like process(), but without running the model: the STFT context is kept exact
+        (later windows see this input), while frames that would have been masked by this
+        block's inferences reuse the newest mask. For input whose output is no longer
+        wanted (its deadline passed): it costs an FFT per hop instead of an inference."""
+        self._infer = False
+        try:
+            return self.process(block)
+        finally:
+            self._infer = True
+
+    def advance(self, n: int) -> None:
+        """Jump over n >= `memory` samples of silence in O(1), no output: the state becomes
+        exactly what processing n zero samples would leave (every buffer at zero), with the
+        frame and output positions moved on, so alignment (output i <-> input i - D) holds."""
+        if n < self.memory:
+            raise EngineError(f"advance() needs at least {self.memory} samples, not {n}")
+        m, h, look = self._m, self._h, self._l
+        frames = (self._fill + n) // m
+        synth_before = max(0, (self._j // h) * h - look)
+        self._j += frames
+        synth_after = max(0, (self._j // h) * h - look)
+        self._fill = (self._fill + n) % m
+        for buf in (self._lin, self._mag, self._syn_spec, self._ola, self._fifo, self._held):
+            buf[...] = 0
+        self._pos = self._n + self._fill
+        self._rd = 0
+        self._level += m * (synth_after - synth_before) - n
+        if not 0 <= self._level <= self._cap:
+            raise EngineError("output FIFO accounting error in advance()")
+        self.stats.frames += frames
+        self.stats.advanced += n
 
     def process(self, block: np.ndarray) -> np.ndarray:
         """block: float32 [C, n] -> view [S, C, n] valid until the next call."""
@@ -189,9 +234,12 @@ class StreamingSeparator:
         self.stats.frames += 1
         self._j += 1
         if self._j % self._h == 0:
-            self.stage(self.backend.inputs[self.slot])
-            self.backend.infer()
-            self.complete(self.backend.outputs[self.slot])
+            if self._infer:
+                self.stage(self.backend.inputs[self.slot])
+                self.backend.infer()
+                self.complete(self.backend.outputs[self.slot])
+            else:
+                self._complete_held()
 
     def _rfft(self, frame: np.ndarray, window: np.ndarray) -> None:
         for ch in range(frame.shape[0]):  # frame rows are strided views into _lin
@@ -213,10 +261,19 @@ class StreamingSeparator:
             if f >= 0:
                 self._synthesise(f, masks[:, :, self._w - 1 - (newest - f), :])
 
+    def _complete_held(self) -> None:
+        newest = self._j - 1
+        self.stats.skipped_inferences += 1
+        for f in range(newest - self._l - self._h + 1, newest - self._l + 1):
+            if f >= 0:
+                self._synthesise(f, self._held)
+
     def _synthesise(self, f: int, mask: np.ndarray) -> None:
         m, k, fb = self._m, self._k, self._f
         np.copyto(self._mfull[:, :, :fb, 0], mask)
         np.copyto(self._mfull[:, :, :fb, 1], mask)
+        if mask is not self._held:
+            np.copyto(self._held, mask)
         if self.card.mask_extension == "average":
             np.mean(mask, axis=-1, keepdims=True, out=self._avg)
             self._mfull[:, :, fb:, 0] = self._avg

@@ -59,6 +59,14 @@ class ServerBye:
     reason: int
 
 
+@dataclass(frozen=True, slots=True)
+class SessionError:
+    """The server ended an established session with an ERROR (protocol or server error)."""
+
+    code: int
+    message: str
+
+
 class ClientCore:
     HELLO_RETRY_S = 0.25
     HELLO_TRIES = 12
@@ -66,13 +74,20 @@ class ClientCore:
     def __init__(self, *, sample_rate: int, channels: int, block: int = 256,
                  fmt: SampleFormat = SampleFormat.S16LE, preset: str | None = None,
                  hop_frames: int | None = None, lookahead: int | None = None,
-                 synthesis: str | None = None, psk: bytes = b"", first_seq: int = 0) -> None:
+                 synthesis: str | None = None, synthesis_hop: int | None = None,
+                 mask_hold: int | None = None, features: int = 0, playout_ms: int = 0,
+                 psk: bytes = b"",
+                 first_seq: int = 0) -> None:
         self.sample_rate, self.channels, self.block, self.format = (
             sample_rate, channels, block, SampleFormat(fmt))
         self.preset_code = PRESET_CODES[preset] if preset else 0
         self.hop = pk.DEFAULT if hop_frames is None else hop_frames
         self.look = pk.DEFAULT if lookahead is None else lookahead
         self.syn = pk.DEFAULT if synthesis is None else SYNTHESIS_CODES[synthesis]
+        self.synthesis_hop = synthesis_hop or 0  # 0 = the server's choice
+        self.mask_hold = mask_hold or 0
+        self.features = features
+        self.playout_ms = playout_ms  # 0 = server default, pk.ARCHIVAL = no deadline
         self.psk = psk
         self.hkey = handshake_key(psk)
         self.nonce = os.urandom(16)
@@ -92,7 +107,8 @@ class ClientCore:
         self._tries += 1
         self._last_hello = now
         hello = pk.Hello(self.nonce, self.sample_rate, self.block, self.channels, self.format,
-                         self.preset_code, self.hop, self.look, self.syn, self._cookie)
+                         self.preset_code, self.hop, self.look, self.syn, self.synthesis_hop,
+                         self.mask_hold, self.features, self.playout_ms, self._cookie)
         return pk.encode(pk.Header(PacketType.HELLO, 0, 0, 0, 0, int(now * 1e9)),
                          pk.encode_hello(hello), self.hkey)
 
@@ -129,6 +145,14 @@ class ClientCore:
             if not pk.check_tag(data, self.key):
                 raise pk.WireError("bad-tag")
             return [StemBlock(h, data)]
+        if t is PacketType.ERROR and h.session != 0:
+            if self.state is not State.ESTABLISHED or h.session != self.session:
+                raise pk.WireError("unknown-session")
+            if not pk.check_tag(data, self.key):
+                raise pk.WireError("bad-tag")
+            err = pk.decode_error(pk.payload(data, h))
+            self.state = State.CLOSED
+            return [SessionError(err.code, err.message)]
         if t in (PacketType.COOKIE, PacketType.ACCEPT, PacketType.ERROR):
             return self._handshake(h, data, now)
         if self.state is not State.ESTABLISHED or h.session != self.session:

@@ -23,7 +23,8 @@ class ServerSample:
     rx_datagrams: int  # cumulative, every datagram received (valid or not)
     dropped: int  # cumulative, every datagram dropped (any reason)
     compute_ns: Sequence[int]  # the worker's per-block compute times so far (it only grows)
-    queued: int  # input blocks handed to the worker and not yet taken, all sessions
+    busy_ns: int  # cumulative time the worker spent processing
+    queued: int  # input blocks waiting for the worker, all sessions
 
 
 class ServerStatus:
@@ -33,6 +34,8 @@ class ServerStatus:
 
     def update(self, s: ServerSample) -> str | None:
         last, self._last = self._last, s
+        if len(s.compute_ns) < self._seen:  # a new worker (the old one died): start over
+            self._seen = 0
         new = np.asarray(s.compute_ns[self._seen:], np.float64)
         self._seen += new.size
         if last is None:
@@ -40,11 +43,12 @@ class ServerStatus:
         dt = max(s.now - last.now, 1e-9)
         rx = s.rx_datagrams - last.rx_datagrams
         drops = s.dropped - last.dropped
-        if s.sessions == 0 and rx == 0 and new.size == 0 and drops == 0:
+        busy = s.busy_ns - last.busy_ns if s.busy_ns >= last.busy_ns else s.busy_ns
+        if s.sessions == 0 and rx == 0 and busy == 0 and drops == 0:
             return None
         # compute is attributed to the interval a block finishes in, so a long block can
         # push the sum past the interval: the worker was busy all of it, not more
-        load = min(new.sum() / 1e9 / dt, 1.0)
+        load = min(busy / 1e9 / dt, 1.0)
         compute = (f"compute p50 {np.percentile(new, 50) / 1e6:.2f} ms, p99 "
                    f"{np.percentile(new, 99) / 1e6:.2f} ms" if new.size else "no compute")
         return (f"status: {s.sessions} session{'s' if s.sessions != 1 else ''}, "

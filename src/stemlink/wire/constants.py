@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import IntEnum, IntFlag
 
 MAGIC = 0x534C  # "SL"
-VERSION = 1
+VERSION = 2  # v2: HELLO/ACCEPT carry synthesis hop, mask hold and feature bits
 HEADER_SIZE = 36
 TAG_SIZE = 16
 MAX_PAYLOAD = 1024  # keeps every datagram under 1200 bytes: no IP fragmentation on Wi-Fi
@@ -37,6 +37,17 @@ class Flags(IntFlag):
     LAST = 4  # the sender's final block of the stream
 
 
+class Features(IntFlag):
+    """Optional features a client asks for in HELLO; ACCEPT echoes the ones granted."""
+
+    NONE = 0
+    REDUNDANCY = 1  # media packets also carry redundant data to repair single losses
+    ENCRYPT = 2  # AEAD on every session payload
+
+
+KNOWN_FEATURES = int(Features.REDUNDANCY | Features.ENCRYPT)
+
+
 class SampleFormat(IntEnum):
     S16LE = 1
     F32LE = 2
@@ -52,6 +63,8 @@ class ErrorCode(IntEnum):
     UNKNOWN_SESSION = 3
     SHUTTING_DOWN = 4
     OVERLOADED = 5
+    PROTOCOL = 6  # the session broke the protocol (e.g. AUDIO not in the negotiated format)
+    INTERNAL = 7  # the server failed while processing the session
 
 
 class ByeReason(IntEnum):

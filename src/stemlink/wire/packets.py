@@ -17,6 +17,7 @@ from stemlink.wire.constants import (
     BLOCK_FRAMES,
     COOKIE_SIZE,
     HEADER_SIZE,
+    KNOWN_FEATURES,
     MAGIC,
     MAX_CHANNELS,
     MAX_NAME,
@@ -43,14 +44,15 @@ class WireError(StemlinkError):
 
 _HEADER = struct.Struct(">HBBBBBBIIQQHH")
 assert _HEADER.size == HEADER_SIZE
-_HELLO = struct.Struct(f">{NONCE_SIZE}sIHBBBBBB{COOKIE_SIZE}s")
-_ACCEPT = struct.Struct(f">IHBBBBBBBI{NONCE_SIZE}s")
+_HELLO = struct.Struct(f">{NONCE_SIZE}sIHBBBBBBHBBH{COOKIE_SIZE}s")
+_ACCEPT = struct.Struct(f">IHBBBBBBBIHBBH{NONCE_SIZE}s")
 _PONG = struct.Struct(">Q")
 _BYE = struct.Struct(">B")
 _ERROR = struct.Struct(">HB")
 _KNOWN_FLAGS = int(Flags.CONCEALED | Flags.REDUNDANT | Flags.LAST)
 _MEDIA = (PacketType.AUDIO, PacketType.STEM)
 DEFAULT = 255  # "server's choice" for the optional u8 fields of HELLO
+ARCHIVAL = 0xFFFF  # HELLO playout_ms: every block is wanted, however late (file transfer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,10 @@ class Hello:
     hop_frames: int = DEFAULT  # H override, 255 = preset's
     lookahead: int = DEFAULT  # L override, 255 = preset's
     synthesis: int = DEFAULT  # SYNTHESIS_CODES override, 255 = preset's
+    synthesis_hop: int = 0  # samples between synthesis frames (m), 0 = preset's
+    mask_hold: int = 0  # synthesis hops one mask is applied for (k), 0 = preset's
+    features: int = 0  # Features the client asks for
+    playout_ms: int = 0  # client's playout budget: 0 = server default, ARCHIVAL = no deadline
     cookie: bytes = bytes(COOKIE_SIZE)
 
 
@@ -93,6 +99,10 @@ class Accept:
     lookahead: int
     synthesis: int
     delay: int  # D in samples: STEM sample i is the separation of AUDIO sample i - D
+    synthesis_hop: int  # m, samples
+    mask_hold: int  # k, synthesis hops per inference
+    features: int  # Features granted
+    reorder_ms: int  # the server's input reorder window: delay it may add, part of the budget
     server_nonce: bytes
     model: str
     stems: tuple[str, ...]
@@ -172,13 +182,17 @@ def encode_hello(m: Hello) -> bytes:
     if len(m.nonce) != NONCE_SIZE or len(m.cookie) != COOKIE_SIZE:
         raise WireError("bad-hello", "nonce or cookie size")
     return _HELLO.pack(m.nonce, m.sample_rate, m.block_frames, m.channels, m.format, m.preset,
-                       m.hop_frames, m.lookahead, m.synthesis, m.cookie)
+                       m.hop_frames, m.lookahead, m.synthesis, m.synthesis_hop, m.mask_hold,
+                       m.features, m.playout_ms, m.cookie)
 
 
 def decode_hello(p: memoryview | bytes) -> Hello:
     if len(p) != _HELLO.size:
         raise WireError("bad-hello", f"{len(p)} bytes")
-    return Hello(*_HELLO.unpack(p))
+    hello = Hello(*_HELLO.unpack(p))
+    if hello.features & ~KNOWN_FEATURES:
+        raise WireError("bad-hello", "unknown feature bits")
+    return hello
 
 
 def _name(s: str) -> bytes:
@@ -193,6 +207,7 @@ def encode_accept(m: Accept) -> bytes:
         raise WireError("bad-accept", "stem count")
     head = _ACCEPT.pack(m.sample_rate, m.block_frames, m.channels, m.format, len(m.stems),
                         m.preset, m.hop_frames, m.lookahead, m.synthesis, m.delay,
+                        m.synthesis_hop, m.mask_hold, m.features, m.reorder_ms,
                         m.server_nonce)
     return head + _name(m.model) + b"".join(_name(s) for s in m.stems)
 
@@ -201,7 +216,7 @@ def decode_accept(p: memoryview | bytes) -> Accept:
     p = bytes(p)
     if len(p) < _ACCEPT.size:
         raise WireError("bad-accept", "truncated")
-    (sr, block, ch, fmt, n_stems, preset, hop, look, syn, delay,
+    (sr, block, ch, fmt, n_stems, preset, hop, look, syn, delay, m, k, features, reorder_ms,
      nonce) = _ACCEPT.unpack_from(p, 0)
     if not 1 <= n_stems <= MAX_STEMS:
         raise WireError("bad-accept", "stem count")
@@ -219,8 +234,10 @@ def decode_accept(p: memoryview | bytes) -> Accept:
         pos += 1 + n
     if pos != len(p):
         raise WireError("bad-accept", "trailing bytes")
-    return Accept(sr, block, ch, fmt, preset, hop, look, syn, delay, nonce, names[0],
-                  tuple(names[1:]))
+    if features & ~KNOWN_FEATURES:
+        raise WireError("bad-accept", "unknown feature bits")
+    return Accept(sr, block, ch, fmt, preset, hop, look, syn, delay, m, k, features,
+                  reorder_ms, nonce, names[0], tuple(names[1:]))
 
 
 def encode_pong(echo_ns: int) -> bytes:
