@@ -113,20 +113,24 @@ async def send_file(opts: SendOptions) -> SendReport:
         padded = np.zeros((acc.channels, nblocks * b), np.float32)
         padded[:, :n] = xm
         state.setup(len(acc.stems), acc.channels, nblocks, b)
-        status = None
+        status = tick = None
+        t_status = time.monotonic()
         if opts.on_status is not None:
-            status = asyncio.create_task(ticker(SendStatus(
-                sample_rate=acc.sample_rate, block=b, delay=d, frames=n,
-                jitter_ms=opts.jitter_ms, realtime=opts.realtime), state, opts.on_status))
+            status = SendStatus(sample_rate=acc.sample_rate, block=b, delay=d, frames=n,
+                                jitter_ms=opts.jitter_ms, realtime=opts.realtime)
+            tick = asyncio.create_task(ticker(status, state, opts.on_status, t_status))
         try:
             await _pump(proto, core, state, padded, nblocks, b, acc.sample_rate, opts)
         finally:
-            if status is not None:
-                status.cancel()
-                await asyncio.gather(status, return_exceptions=True)
+            if tick is not None:
+                tick.cancel()
+                await asyncio.gather(tick, return_exceptions=True)
         proto.send(core.bye(time.monotonic()))
     finally:
         proto.transport.close()
+    if status is not None:  # the final state: the socket is closed, nothing more arrives
+        opts.on_status(status.measure(state, time.monotonic_ns(),
+                                      time.monotonic() - t_status))
     stems = state.stems[:, :, d:d + n]
     stems = np.stack([aio.resample(s, acc.sample_rate, file_sr, length=n_file) for s in stems])
     stems = aio.from_channels(stems, file_ch)

@@ -102,14 +102,9 @@ class SendStatus:
 
 
 async def ticker(status: SendStatus, rx: ReceiverState, show: Callable[[SendProgress], None],
-                 every_s: float = STATUS_EVERY_S) -> None:
-    """Glue: measure and show once per `every_s`; once more, the final state, when
-    cancelled at the end of the stream."""
-    t0 = time.monotonic()
-    try:
-        while True:
-            await asyncio.sleep(every_s)
-            show(status.measure(rx, time.monotonic_ns(), time.monotonic() - t0))
-    except asyncio.CancelledError:
+                 t0: float, every_s: float = STATUS_EVERY_S) -> None:
+    """Glue: measure and show once per `every_s` (elapsed from `t0`, monotonic) until
+    cancelled. The sender shows the final state itself, once nothing more can arrive."""
+    while True:
+        await asyncio.sleep(every_s)
         show(status.measure(rx, time.monotonic_ns(), time.monotonic() - t0))
-        raise
