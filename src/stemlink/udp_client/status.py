@@ -54,8 +54,8 @@ class SendProgress:
     e2e_p99_ms: float
 
     def line(self) -> str:
-        return (f"{self.elapsed_s:5.1f}/{self.total_s:.1f} s  sent {self.sent}  "
-                f"recv {self.received}/{self.expected}  lost {self.lost}  late {self.late}  "
+        return (f"{self.elapsed_s:.1f}/{self.total_s:.1f} s  sent {self.sent}  "
+                f"recv {self.received}  lost {self.lost}  late {self.late}  "
                 f"concealed {self.concealed}  RTT {_ms(self.rtt_ms, 2)} ms  "
                 f"e2e p50/p99 {_ms(self.e2e_p50_ms, 0)}/{_ms(self.e2e_p99_ms, 0)} ms")
 
