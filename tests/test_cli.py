@@ -52,14 +52,17 @@ def test_separate_writes_aligned_full_length_stems(separated, example):
     assert "D = 5119 samples" in r.stdout
 
 
-def test_mono_and_48k_inputs_keep_their_format_and_alignment(tmp_path, model_dir, example):
+@pytest.mark.parametrize("mode", [[], ["--preset", "monitor"]], ids=["whole-file", "monitor"])
+def test_mono_and_48k_inputs_keep_their_format_and_alignment(tmp_path, model_dir, example,
+                                                             mode):
     x, sr = example
     import soxr
 
     x48 = soxr.resample(x[:, : 4 * sr].T, sr, 48000).astype(np.float32)
     mono = x48.mean(axis=1)
     sf.write(tmp_path / "mono48.wav", mono, 48000)
-    r = run("separate", tmp_path / "mono48.wav", "--model", model_dir, "--out", tmp_path / "o")
+    r = run("separate", tmp_path / "mono48.wav", "--model", model_dir, "--out", tmp_path / "o",
+            *mode)
     assert r.returncode == 0, r.stderr
     total = 0
     for stem in ("vocals", "accompaniment"):
@@ -67,6 +70,27 @@ def test_mono_and_48k_inputs_keep_their_format_and_alignment(tmp_path, model_dir
         assert ysr == 48000 and y.shape == (mono.size, 1)
         total = total + y[:, 0]
     assert lag_of_peak(mono, total) == 0
+
+
+def test_separate_defaults_to_the_whole_file_model(tmp_path, model_dir, offline_ref):
+    r = run("separate", example_audio(), "--model", model_dir, "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("whole-file model (offline)") and "D = " not in r.stdout
+    for i, stem in enumerate(("vocals", "accompaniment")):
+        y, _ = sf.read(tmp_path / f"{stem}.wav", always_2d=True, dtype="float32")
+        assert np.max(np.abs(y.T - offline_ref[i])) < 1e-6  # the offline model's own output
+    r = run("separate", example_audio(), "--model", model_dir, "--out", tmp_path,
+            "--offline", "--preset", "ultra")
+    assert r.returncode == 2 and "exclude each other" in r.stderr
+
+
+def test_separate_streaming_overrides_start_from_monitor(tmp_path, model_dir, example):
+    x, sr = example
+    sf.write(tmp_path / "a.wav", x[:, : 2 * sr].T, sr)
+    r = run("separate", tmp_path / "a.wav", "--model", model_dir, "--out", tmp_path / "o",
+            "-L", "4")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("streaming monitor: H=2 L=4 standard"), r.stdout
 
 
 def test_nan_and_inf_samples_are_silenced(tmp_path, model_dir):

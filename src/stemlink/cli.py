@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import click
 
+from stemlink import progress as prog
 from stemlink.errors import StemlinkError
 
 DEFAULT_MODEL = "models/spleeter-2stems"
@@ -19,24 +21,10 @@ def _err(msg: str) -> None:
     click.echo(f"stemlink: error: {msg}", err=True)
 
 
-def _progress(label: str):
-    """A progress callback (done, total) that draws a bar on a terminal, else stays quiet."""
-    if not sys.stderr.isatty():
-        return None
-    state: dict = {}
-
-    def update(done: int, total: int) -> None:
-        bar = state.get("bar")
-        if bar is None:
-            bar = state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr)
-            bar.__enter__()
-            state["pos"] = 0
-        bar.update(done - state["pos"])
-        state["pos"] = done
-        if done >= total:
-            bar.__exit__(None, None, None)
-
-    return update
+def _quiet_option(f):
+    return click.option("--quiet", "-q", is_flag=True,
+                        help="No progress bar or status line (they are drawn only on a "
+                             "terminal anyway).")(f)
 
 
 def _model_option(f):
@@ -66,11 +54,14 @@ def export() -> None:
               help="Model folder to write.")
 @click.option("--window-frames", default=64, show_default=True, type=int,
               help="W: STFT frames per streaming window (a multiple of 64).")
-def export_spleeter_cmd(out: str, window_frames: int) -> None:
+@_quiet_option
+def export_spleeter_cmd(out: str, window_frames: int, quiet: bool) -> None:
     """Export Deezer's Spleeter 2-stems (vocals/accompaniment) to ONNX."""
     from stemlink.export.spleeter import export_spleeter
 
-    export_spleeter(out, window_frames, say=lambda s: click.echo(s, err=True))
+    on = prog.enabled(quiet)
+    export_spleeter(out, window_frames, say=prog.say(on),
+                    progress=prog.callback("exporting", "steps", on=on))
     click.echo(f"model ready in {out}")
 
 
@@ -181,8 +172,9 @@ def _stream_options(f):
                      help="Override L (look-ahead frames).")(f)
     f = click.option("--hop-frames", "-H", type=click.IntRange(1, None),
                      help="Override H (frames per inference).")(f)
-    f = click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor",
-                     show_default=True, help="Latency/quality preset.")(f)
+    f = click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
+                     help="Preview what a live stream with this preset sounds like "
+                          "(default: the whole-file model).")(f)
     return f
 
 
@@ -192,16 +184,30 @@ def _stream_options(f):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for <stem>.wav files.")
 @_stream_options
-@click.option("--offline", is_flag=True, help="Whole-file reference separation instead.")
+@click.option("--offline", is_flag=True, hidden=True,
+              help="The whole-file model (the default; kept for old scripts).")
 @_backend_option
-def separate(input: str, model: str, out_dir: str, preset: str, hop_frames, lookahead,
-             synthesis, offline: bool, backend: str) -> None:
-    """Separate an audio file (WAV/FLAC/MP3/...) into one WAV per stem."""
+@_quiet_option
+def separate(input: str, model: str, out_dir: str, preset: str | None, hop_frames, lookahead,
+             synthesis, offline: bool, backend: str, quiet: bool) -> None:
+    """Separate an audio file (WAV/FLAC/MP3/...) into one WAV per stem.
+
+    By default this runs the whole-file (offline) model: the best stems there are, for
+    files. Give --preset (or -H/-L/--synthesis, which start from `monitor`) to hear what a
+    live stream with that preset would sound like: the same streaming separator the
+    server runs, with its delay D removed from the files."""
     from stemlink.separate import separate_file
 
-    r = separate_file(input, model, out_dir, preset=preset, offline=offline, backend=backend,
-                      hop_frames=hop_frames, lookahead=lookahead, synthesis=synthesis,
-                      progress=_progress("separating"))
+    streaming = preset is not None or hop_frames is not None or lookahead is not None \
+        or synthesis is not None
+    if offline and streaming:
+        raise click.UsageError("--offline and --preset/-H/-L/--synthesis exclude each other")
+    r = separate_file(input, model, out_dir, preset=preset or "monitor", offline=not streaming,
+                      backend=backend, hop_frames=hop_frames, lookahead=lookahead,
+                      synthesis=synthesis,
+                      progress=prog.callback("separating", "samples" if streaming
+                                             else "segments", on=prog.enabled(quiet),
+                                             scale=streaming))
     click.echo(f"{r.describe}")
     if r.nonfinite:
         click.echo(f"warning: {r.nonfinite} NaN/Inf input samples were replaced by silence",
@@ -232,11 +238,14 @@ def bench() -> None:
 @click.option("--preset", "presets", multiple=True, type=click.Choice(PRESET_NAMES),
               help="Stream only these presets (default: all; a seconds-long model runs its "
                    "whole window once per inference, so each preset costs minutes).")
-def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path, presets) -> None:
+@_quiet_option
+def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path, presets,
+                     quiet) -> None:
     """Compute latency per window (p50/p99) and real-time factor per preset."""
     from stemlink.bench.engine_bench import bench_engine, render, save
 
-    result = bench_engine(model, backend, seconds, audio, iterations, list(presets) or None)
+    result = bench_engine(model, backend, seconds, audio, iterations, list(presets) or None,
+                          prog.callback("bench engine", "steps", on=prog.enabled(quiet)))
     result["command"] = "stemlink " + " ".join(sys.argv[1:])
     click.echo(render(result))
     if json_path:
@@ -249,11 +258,13 @@ def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path, pres
 @click.option("--audio", type=click.Path(dir_okay=False),
               help="Audio to use (default: the bundled example).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
-def bench_fidelity_cmd(model, audio, json_path) -> None:
+@_quiet_option
+def bench_fidelity_cmd(model, audio, json_path, quiet) -> None:
     """SDR of streamed stems vs the offline model, per preset."""
     from stemlink.bench.fidelity import bench_fidelity, render, save
 
-    r = bench_fidelity(model, audio)
+    r = bench_fidelity(model, audio,
+                       prog.callback("bench fidelity", "runs", on=prog.enabled(quiet)))
     click.echo(render(r))
     if json_path:
         save(r, json_path)
@@ -274,13 +285,14 @@ def bench_fidelity_cmd(model, audio, json_path) -> None:
 @_backend_option
 @click.option("--out", "out_dir", default="out/bench-latency", show_default=True,
               type=click.Path(file_okay=False))
+@_quiet_option
 def bench_latency_cmd(model, against, seconds, clients, profile, seed, preset, backend,
-                      out_dir) -> None:
+                      out_dir, quiet) -> None:
     """End-to-end latency (client clock), compute, CPU and bytes: stemlink vs baseline."""
     from stemlink.bench.latency import PNG, bench_latency, render
 
     r = bench_latency(model, against, seconds, clients, profile, preset, backend,
-                      Path(out_dir), seed)
+                      Path(out_dir), seed, bars=prog.enabled(quiet))
     click.echo(render(r))
     click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
 
@@ -296,12 +308,14 @@ def bench_latency_cmd(model, against, seconds, clients, profile, seed, preset, b
 @click.option("--max-clients", default=16, show_default=True, type=click.IntRange(1, 256))
 @click.option("--out", "out_dir", default="out/bench-capacity", show_default=True,
               type=click.Path(file_okay=False))
-def bench_capacity_cmd(model, backends, preset, seconds, max_clients, out_dir) -> None:
+@_quiet_option
+def bench_capacity_cmd(model, backends, preset, seconds, max_clients, out_dir, quiet) -> None:
     """Concurrent real-time sessions with zero missed deadlines (ramped up)."""
     from stemlink.bench.capacity import available_backends, bench_capacity, render
 
     r = bench_capacity(model, list(backends) or available_backends(), preset, seconds,
-                       max_clients, Path(out_dir))
+                       max_clients, Path(out_dir),
+                       prog.callback("bench capacity", "steps", on=prog.enabled(quiet)))
     click.echo(render(r))
 
 
@@ -404,9 +418,13 @@ def _setup_logging(level: str) -> None:
               type=click.FloatRange(1, 10000),
               help="Playout budget for clients that state none: output later than this "
                    "is not computed or sent.")
+@click.option("--status-interval", default=10.0, show_default=True,
+              type=click.FloatRange(0, 3600),
+              help="Seconds between status log lines (sessions, datagrams/s, worker load, "
+                   "drops); 0 = none. An idle server prints none.")
 @_psk_option
 def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_level,
-          compute_stats, reorder_ms, playout_ms, psk) -> None:
+          compute_stats, reorder_ms, playout_ms, status_interval, psk) -> None:
     """Run the UDP separation server (SIGINT/SIGTERM stop it cleanly)."""
     from stemlink.loop import run_loop
     from stemlink.udp_server.server import ServeOptions, Server
@@ -415,7 +433,8 @@ def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_le
     try:
         srv = Server(ServeOptions(model, host, port, backend, preset, max_sessions,
                                   idle_timeout, psk.encode(), compute_stats,
-                                  reorder_ms=reorder_ms, playout_ms=playout_ms))
+                                  reorder_ms=reorder_ms, playout_ms=playout_ms,
+                                  status_interval=status_interval))
     except OSError as e:
         raise StemlinkError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     click.echo(srv.describe(), err=True)
@@ -461,6 +480,26 @@ def _redundancy_option(f):
                              "bytes): any single loss is repaired exactly.")(f)
 
 
+class _StatusLine:
+    """`send`'s status line on stdout: rewritten in place once a second, on a terminal
+    only, and ended with a newline before the summary."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.on = not quiet and sys.stdout.isatty()
+        self.shown = False
+
+    def show(self, p) -> None:
+        # a line wider than the terminal would wrap, and \r would then rewrite only its
+        # last row: cut it to the width; ESC[K erases the old line's tail
+        width = shutil.get_terminal_size().columns - 1
+        click.echo(f"\r{p.line()[:width]}\x1b[K", nl=False)
+        self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            click.echo()
+
+
 @cli.command()
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.option("--server", default="127.0.0.1:5005", show_default=True, help="HOST:PORT")
@@ -484,9 +523,13 @@ def _redundancy_option(f):
 @_conceal_option
 @_redundancy_option
 @_psk_option
+@_quiet_option
 def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block, synthesis,
-         as_heard, jitter, conceal, redundancy, psk) -> None:
-    """Stream a file to a server; write the stems it sends back."""
+         as_heard, jitter, conceal, redundancy, psk, quiet) -> None:
+    """Stream a file to a server; write the stems it sends back.
+
+    On a terminal a status line updates once a second: elapsed/total, packets sent,
+    received, lost, late, concealed, RTT and end-to-end latency p50/p99 so far."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.sender import SendOptions, save_stats, send_file
     from stemlink.udp_client.transport import parse_server
@@ -494,11 +537,16 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
     if as_heard and not realtime:
         raise click.UsageError("--as-heard needs real-time pacing (drop "
                                "--as-fast-as-possible)")
+    line = _StatusLine(quiet)
     opts = SendOptions(input, parse_server(server), out_dir, preset=preset, realtime=realtime,
                        jitter_ms=jitter_ms, block=int(block), psk=psk.encode(),
                        synthesis=synthesis, as_heard=as_heard, jitter=jitter,
-                       conceal=conceal, redundancy=redundancy)
-    rep = run_loop(send_file(opts))
+                       conceal=conceal, redundancy=redundancy,
+                       on_status=line.show if line.on else None)
+    try:
+        rep = run_loop(send_file(opts))
+    finally:
+        line.end()
     click.echo(rep.summary() if realtime else rep.summary().replace(
         "end-to-end latency", "(not paced in real time) end-to-end latency"))
     for name, path in rep.files.items():
@@ -509,8 +557,10 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
 
 @cli.command()
 @click.option("--server", default="127.0.0.1:5005", show_default=True, help="HOST:PORT")
-@click.option("--input-device", default=None, help="PortAudio input device (index or name).")
-@click.option("--output-device", default=None, help="PortAudio output device.")
+@click.option("--input-device", default=None,
+              help="Input device: an index or a name as `stemlink devices` prints it.")
+@click.option("--output-device", default=None,
+              help="Output device: an index or a name as `stemlink devices` prints it.")
 @click.option("--monitor", default=None,
               help="Stem to hear, a mix (drums=0,vocals=1,bass=0.5: unnamed stems are "
                    "muted) or 'all'. Default: accompaniment, or every stem but vocals.")
@@ -531,11 +581,9 @@ def live(server, input_device, output_device, monitor, preset, jitter, jitter_bl
          seconds, conceal, redundancy, psk) -> None:
     """Sound card -> server -> headphones, headless; Ctrl-C exits."""
     from stemlink.loop import run_loop
+    from stemlink.udp_client.devices import parse_device as dev
     from stemlink.udp_client.live import run_live
     from stemlink.udp_client.transport import parse_server
-
-    def dev(d):
-        return int(d) if d is not None and d.isdigit() else d
 
     if jitter_blocks is not None:
         jitter = 1000.0 * jitter_blocks * int(block) / 44100
@@ -695,9 +743,10 @@ def relay(listen, to, profile, loss, burst, jitter_ms, delay_ms, reorder, duplic
               help="Run every impaired setting twice: without and with --redundancy.")
 @click.option("--out", "out_dir", default="out/bench-network", show_default=True,
               type=click.Path(file_okay=False))
+@_quiet_option
 def bench_network_cmd(model, backend, audio, seconds, profiles, specs, losses, burst, outages,
                       clients, preset, seed, sdr_from, send_opts, realtime, sweep,
-                      compare_redundancy, out_dir) -> None:
+                      compare_redundancy, out_dir, quiet) -> None:
     """The server through the impairment relay: lost/late/concealed blocks, end-to-end
     latency, SDR against an undisturbed run, server CPU and counters, per run."""
     import shlex
@@ -732,8 +781,9 @@ def bench_network_cmd(model, backend, audio, seconds, profiles, specs, losses, b
     r = bench_network(model, audio, seconds, list(profiles), list(specs), list(losses), burst,
                       list(outages), clients, preset, backend, seed, sdr_from,
                       parse_send_opts(list(send_opts)), Path(out_dir),
-                      say=lambda s: click.echo(s, err=True), sweep=methods,
-                      compare_redundancy=compare_redundancy, realtime=realtime)
+                      say=prog.say(prog.enabled(quiet)), sweep=methods,
+                      compare_redundancy=compare_redundancy, realtime=realtime,
+                      progress=prog.callback("bench network", "runs", on=prog.enabled(quiet)))
     click.echo(render(r))
     if methods:
         from stemlink.bench.network import render_sweep
@@ -748,12 +798,14 @@ def bench_network_cmd(model, backend, audio, seconds, profiles, specs, losses, b
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--out", "out_dir", default="out/bench-relay", show_default=True,
               type=click.Path(file_okay=False))
-def bench_relay_cmd(datagrams, seed, out_dir) -> None:
+@_quiet_option
+def bench_relay_cmd(datagrams, seed, out_dir, quiet) -> None:
     """What each relay profile does (loss rate, burst length, delay, swaps, duplicates; and
     the TCP mode's retransmission delay), measured on the relay's sans-IO cores."""
     from stemlink.bench.calibrate import PNG, bench_relay, render, save
 
-    r = bench_relay(datagrams, seed)
+    r = bench_relay(datagrams, seed,
+                    prog.callback("bench relay", "profiles", on=prog.enabled(quiet)))
     click.echo(render(r))
     save(r, Path(out_dir))
     click.echo(f"\nwrote {out_dir}/relay.json, {out_dir}/relay.md, {out_dir}/{PNG}")
@@ -803,6 +855,41 @@ def bench_make_song_cmd(path, seconds, seed) -> None:
     click.echo(f"wrote {p} ({seconds:g} s, seed {seed})")
 
 
+# --------------------------------------------------------------------------- first contact
+@cli.command()
+def devices() -> None:
+    """List the sound devices `live` can use (index, name, channels, rate, defaults).
+
+    Exits 2 with how to install PortAudio when it is missing."""
+    from stemlink.udp_client.devices import (
+        list_devices,
+        load_sounddevice,
+        portaudio_version,
+        render,
+    )
+
+    sd = load_sounddevice()
+    click.echo(render(list_devices(sd), portaudio_version(sd)))
+
+
+@cli.command()
+@_model_option
+@click.option("--key-file", type=click.Path(dir_okay=False), envvar="STEMLINK_KEY_FILE",
+              help="Check this key file's permissions (or $STEMLINK_KEY_FILE).")
+@click.option("--port", default=5005, show_default=True, type=click.IntRange(1, 65535),
+              help="UDP port `serve` will listen on.")
+def doctor(model: str, key_file: str | None, port: int) -> None:
+    """Check everything stemlink needs, in one table, each problem with its fix.
+
+    Exits 1 if something `demo` needs (or the key file given) is broken; warnings (live,
+    GPU, the default port) do not change the exit code."""
+    from stemlink.doctor import DoctorOptions, exit_code, render, run_checks
+
+    checks = run_checks(DoctorOptions(model, key_file, port))
+    click.echo(render(checks))
+    sys.exit(exit_code(checks))
+
+
 # --------------------------------------------------------------------------- demo
 @cli.command()
 @_model_option
@@ -822,23 +909,37 @@ def demo(model: str, out_dir: str, preset: str) -> None:
         from stemlink.export.spleeter import export_spleeter
 
         click.echo(f"no model in {model}: exporting Spleeter 2-stems first", err=True)
-        export_spleeter(model, say=lambda s: click.echo(s, err=True))
+        on = prog.enabled()
+        export_spleeter(model, say=prog.say(on),
+                        progress=prog.callback("exporting", "steps", on=on))
     _setup_logging("warning")
     src = example_audio()
     with ServerThread(ServeOptions(model, "127.0.0.1", 0, preset=preset)) as st:
         click.echo(st.server.describe())
         click.echo(f"streaming {src.name} in real time to {st.address[0]}:{st.address[1]} ...")
-        rep = run_loop(send_file(SendOptions(src, st.address, out_dir,
-                                                        preset=preset)))
+        line = _StatusLine(quiet=False)
+        try:
+            rep = run_loop(send_file(SendOptions(src, st.address, out_dir, preset=preset,
+                                                 on_status=line.show if line.on else None)))
+        finally:
+            line.end()
     click.echo(rep.summary())
     for name, path in rep.files.items():
         click.echo(f"{name}: {path}")
     click.echo(f"stems written to {out_dir}/")
 
 
-def main() -> None:
+def _run() -> None:
     try:
         cli.main(standalone_mode=False)
+    except BaseException:
+        prog.close_all()  # a bar ends where it stood, above the error line
+        raise
+
+
+def main() -> None:
+    try:
+        _run()
     except click.exceptions.Abort:
         _err("aborted")
         sys.exit(130)

@@ -39,6 +39,8 @@ def stream_array(sep: StreamingSeparator, x: np.ndarray,
     out = np.zeros((s, x.shape[0], n + d), np.float32)
     padded = np.zeros((x.shape[0], n + d), np.float32)
     padded[:, :n] = x
+    if progress:
+        progress(0, n + d)
     for i in range(0, n + d, BLOCK):
         blk = padded[:, i:i + BLOCK]
         out[:, :, i:i + blk.shape[1]] = sep.process(blk)
@@ -62,8 +64,10 @@ def separate_file(inp: str | Path, model: str | Path, out_dir: str | Path, *,
         if offline:
             stems = families.separate_offline(card, engine.backend, xm, progress)
             delay, describe = None, ("offline (apply_model-equivalent segments, overlap "
-                                     "0.25)" if families.is_segment(card)
-                                     else "offline (whole-file segments)")
+                                     "0.25): the best stems; --preset NAME previews a live "
+                                     "stream" if families.is_segment(card)
+                                     else "whole-file model (offline): the best stems; "
+                                     "--preset NAME previews a live stream")
         else:
             cfg = engine.config(preset, hop_frames, lookahead, synthesis)
             sep = engine.separator(cfg)

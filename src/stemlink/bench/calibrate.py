@@ -83,12 +83,23 @@ def _tcp(profile: str, seconds: float, seed: int, recovery: str) -> dict:
                          "max": float(d.max()), "mean": float(d.mean())}}
 
 
-def bench_relay(datagrams: int, seed: int) -> dict:
+def bench_relay(datagrams: int, seed: int, progress=None) -> dict:
     seconds = datagrams * UDP_INTERVAL_S
+    steps = len(PROFILES) * (1 + len(TCP_RECOVERY))
+    udp, tcp = [], []
+    if progress:
+        progress(0, steps)
+    for p in PROFILES:
+        udp.append(_udp(p, datagrams, seed))
+        if progress:
+            progress(len(udp) + len(tcp), steps)
+    for p in PROFILES:
+        for rec in TCP_RECOVERY:
+            tcp.append(_tcp(p, seconds, seed, rec))
+            if progress:
+                progress(len(udp) + len(tcp), steps)
     return {"benchmark": "relay", "command": "stemlink " + " ".join(sys.argv[1:]),
-            "machine": machine(), "seed": seed,
-            "udp": [_udp(p, datagrams, seed) for p in PROFILES],
-            "tcp": [_tcp(p, seconds, seed, rec) for p in PROFILES for rec in TCP_RECOVERY]}
+            "machine": machine(), "seed": seed, "udp": udp, "tcp": tcp}
 
 
 def render(r: dict) -> str:

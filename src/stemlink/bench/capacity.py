@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from stemlink.bench import procs
@@ -28,7 +29,8 @@ def available_backends() -> list[str]:
 
 
 def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
-                   max_clients: int, out: Path) -> dict:
+                   max_clients: int, out: Path,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
     from stemlink.engine import families
     from stemlink.engine.card import load_card
 
@@ -36,6 +38,8 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
 
     out.mkdir(parents=True, exist_ok=True)
     results = {}
+    if progress:
+        progress(0, len(backends) * max_clients)
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         bench_audio(seconds, tmp / "bench.wav")
@@ -62,6 +66,10 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
                                               for r in reps),
                         "server_cpu_cores": (procs.cpu_seconds(child.proc.pid) - cpu0) / secs,
                     })
+                    if progress:  # steps of the ramp, all backends; it may stop early
+                        i = backends.index(backend)
+                        progress((i + 1) * max_clients if missed else i * max_clients + n,
+                                 len(backends) * max_clients)
                     if missed:
                         break
             finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from stemlink import audio as aio
@@ -17,7 +18,8 @@ from stemlink.percentiles import summarize
 
 
 def bench_engine(model: str, backend: str, seconds: float, audio_path: str | None,
-                 iterations: int, presets: list[str] | None = None) -> dict:
+                 iterations: int, presets: list[str] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> dict:
     from stemlink.export.checkpoint import example_audio
 
     x, sr = aio.read_audio(audio_path or example_audio())
@@ -26,12 +28,19 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
         card = engine.card
         x = aio.resample(aio.to_channels(x, card.channels), sr, card.sample_rate)
         x = aio.loop_to(x, int(seconds * card.sample_rate))
+        hops = len(range(0, x.shape[1] - card.hop + 1, card.hop))
+        steps, done = iterations + len(PRESETS) * hops, 0  # for the progress bar
+        if progress:
+            progress(0, steps)
         infer_ms = []
         for _ in range(iterations):
             t = time.perf_counter()
             engine.backend.infer()
             infer_ms.append((time.perf_counter() - t) * 1e3)
         delays = {name: engine.latency(engine.config(name)).samples for name in PRESETS}
+        done = iterations
+        if progress:
+            progress(done, steps)
         rows = []
         for name in presets or PRESETS:
             cfg = engine.config(name)
@@ -46,6 +55,9 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
                 total += dt
                 if sep.stats.inferences > before:
                     window_ms.append(dt * 1e3)
+            done += hops
+            if progress:  # between presets, never inside the timed loop
+                progress(done, steps)
             audio_s = x.shape[1] / card.sample_rate
             # one inference per H hops (frame families) or per stride (segment families)
             per_run = getattr(sep.latency, "stride", cfg.hop_frames * hop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +31,21 @@ def sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(ref**2) / max(np.sum((ref - estimate)**2), 1e-20)))
 
 
-def bench_fidelity(model: str, audio_path: str | None) -> dict:
+def bench_fidelity(model: str, audio_path: str | None,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
     from stemlink.export.checkpoint import example_audio
 
     src = audio_path or str(example_audio())
     x, sr = aio.read_audio(src)
+    if progress:
+        progress(0, 1 + len(CONFIGS))
     off = open_engine(model, graph="offline")
     try:
         card = off.card
         x = aio.resample(aio.to_channels(x, card.channels), sr, card.sample_rate)
         ref = families.separate_offline(card, off.backend, x)
+        if progress:
+            progress(1, 1 + len(CONFIGS))
     finally:
         off.close()
     eng = open_engine(model)
@@ -65,6 +71,8 @@ def bench_fidelity(model: str, audio_path: str | None) -> dict:
                 rows[-1]["sdr_db_before_end"] = {
                     s: sdr(ref[i, :, :cut], y[i, :, :cut]) if cut > 0 else None
                     for i, s in enumerate(card.stems)}
+            if progress:
+                progress(1 + len(rows), 1 + len(CONFIGS))
     finally:
         eng.close()
     return {"benchmark": "fidelity", "audio": Path(src).name, "stems": card.stems,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from stemlink import audio as aio
+from stemlink import progress as prog
 from stemlink.bench import procs
 from stemlink.bench.machine import describe, machine
 from stemlink.bench.stats import markdown_table
@@ -125,7 +126,7 @@ def run_baseline(model: str, x: np.ndarray, sr: int, clients: int, backend: str,
 
 def bench_latency(model: str, against: str | None, seconds: float, clients: int,
                   profile: str | None, preset: str, backend: str, out: Path,
-                  seed: int = 1) -> dict:
+                  seed: int = 1, bars: bool = False) -> dict:
     from stemlink.bench.relay import PROFILES
 
     if profile is not None and profile not in PROFILES:
@@ -137,11 +138,13 @@ def bench_latency(model: str, against: str | None, seconds: float, clients: int,
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         x, sr = bench_audio(seconds, tmp / "bench.wav")
-        systems = {"stemlink": run_stemlink(model, tmp / "bench.wav", clients, preset,
-                                            backend, tmp, relay_args)}
+        with prog.timed("stemlink (real time)", seconds, on=bars):
+            systems = {"stemlink": run_stemlink(model, tmp / "bench.wav", clients, preset,
+                                                backend, tmp, relay_args)}
         if against == "baseline":
-            systems["baseline"] = run_baseline(model, x, sr, clients, backend, tmp,
-                                               relay_args)
+            with prog.timed("baseline (real time)", seconds, on=bars):
+                systems["baseline"] = run_baseline(model, x, sr, clients, backend, tmp,
+                                                   relay_args)
     result = {
         "benchmark": "latency", "command": "stemlink " + " ".join(sys.argv[1:]),
         "machine": machine(), "seconds": seconds, "clients": clients, "preset": preset,

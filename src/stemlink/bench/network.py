@@ -274,7 +274,8 @@ def bench_network(model: str, audio: str | None, seconds: float | None, profiles
                   outages: list[tuple[float, float]], clients: int, preset: str,
                   backend: str, seed: int, sdr_from_s: float | None, send_opts: dict,
                   out: Path, say=lambda s: None, sweep: list[str] | None = None,
-                  compare_redundancy: bool = False, realtime: bool = True) -> dict:
+                  compare_redundancy: bool = False, realtime: bool = True,
+                  progress=None) -> dict:
     runs = plan_runs(profiles, specs, losses, burst, outages, seed, sdr_from_s)
     if compare_redundancy:
         runs = with_redundancy(runs)
@@ -290,12 +291,16 @@ def bench_network(model: str, audio: str | None, seconds: float | None, profiles
         sr = aio.read_audio(wav)[1]
         results = []
         for i, spec in enumerate(runs):
+            if progress:
+                progress(i, len(runs))
             say(f"[{i + 1}/{len(runs)}] {spec.name} ...")
             res = run_one(spec, model, wav, clients, preset, backend, send_opts, tmp, i, sweep,
                           realtime)
             if results:
                 _add_sdr(res, results[0], sr)
             results.append(res)
+        if progress:
+            progress(len(runs), len(runs))
         for r in results:
             del r["stem_dirs"]
     result = {

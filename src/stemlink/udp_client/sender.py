@@ -7,6 +7,7 @@ import asyncio
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from stemlink.udp_client.core import (
 )
 from stemlink.udp_client.jitter import JitterBuffer, JitterConfig
 from stemlink.udp_client.mixrepair import MixtureRepair
+from stemlink.udp_client.status import SendProgress, SendStatus, ticker
 from stemlink.udp_client.transport import connect
 from stemlink.wire import packets as pk
 from stemlink.wire.constants import PRESET_NAMES, Features, Flags, SampleFormat
@@ -59,6 +61,7 @@ class SendOptions:
     # What the server is told: ARCHIVAL = every block is wanted however late (files);
     # a number of ms = blocks later than that are of no use (as a live listener).
     playout_ms: int = pk.ARCHIVAL
+    on_status: Callable[[SendProgress], None] | None = None  # called once a second
 
 
 @dataclass
@@ -143,10 +146,24 @@ async def send_file(opts: SendOptions) -> SendReport:
         padded = np.zeros((acc.channels, nblocks * b), np.float32)
         padded[:, :n] = xm
         state.setup(len(acc.stems), acc.channels, nblocks, b, acc.sample_rate)
-        await _pump(proto, core, state, padded, nblocks, b, acc.sample_rate, opts)
+        status = tick = None
+        t_status = time.monotonic()
+        if opts.on_status is not None:
+            status = SendStatus(sample_rate=acc.sample_rate, block=b, delay=d, frames=n,
+                                jitter_ms=opts.jitter_ms, realtime=opts.realtime)
+            tick = asyncio.create_task(ticker(status, state, opts.on_status, t_status))
+        try:
+            await _pump(proto, core, state, padded, nblocks, b, acc.sample_rate, opts)
+        finally:
+            if tick is not None:
+                tick.cancel()
+                await asyncio.gather(tick, return_exceptions=True)
         proto.send(core.bye(time.monotonic()))
     finally:
         proto.transport.close()
+    if status is not None:  # the final state: the socket is closed, nothing more arrives
+        opts.on_status(status.measure(state, time.monotonic_ns(),
+                                      time.monotonic() - t_status))
     cpu_s = time.process_time() - cpu0  # the streaming itself (file I/O outside)
     state.delay = d
     raw = (copy.copy(state), state.stems.copy(), output_mixture(padded, d, state.stems.shape[2]),

@@ -21,6 +21,7 @@ from stemlink.engine.session import Engine, open_engine
 from stemlink.loop import run_loop
 from stemlink.sockets import udp_socket
 from stemlink.udp_server.core import PLAYOUT_MS, REORDER_MS, ServerCore, StreamRequest, StreamSetup
+from stemlink.udp_server.status import ServerSample, ServerStatus
 from stemlink.udp_server.worker import Failed, Output, Released, Report, Worker
 from stemlink.wire.constants import ErrorCode
 
@@ -41,6 +42,7 @@ class ServeOptions:
     compute_stats: str | None = None  # write per-block compute times here at exit (benches)
     reorder_ms: float = REORDER_MS
     playout_ms: float = PLAYOUT_MS
+    status_interval: float = 0.0  # seconds between status log lines; 0 = none
 
 
 def make_stream_factory(engine: Engine, default_preset: str):
@@ -164,6 +166,7 @@ class Server:
         holder.append(protocol)
         self.protocol = protocol
         worker.start()
+        status, next_status = ServerStatus(), time.monotonic()
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -178,6 +181,11 @@ class Server:
                 if not worker.alive():  # never keep sessions nobody will process
                     worker = self._replace_worker(worker, report, protocol, now)
                 protocol.flush()
+                if self.opts.status_interval > 0 and now >= next_status:
+                    next_status = now + self.opts.status_interval
+                    line = status.update(self.status_sample(now))
+                    if line:
+                        log.info("%s", line)
         finally:
             self.core.shutdown(time.monotonic())
             protocol.flush()
@@ -199,6 +207,16 @@ class Server:
                 with open(self.opts.compute_stats, "w") as f:
                     json.dump({"compute_ns": worker.compute_ns, "counters": counters}, f)
             log.info("server stopped: %s", dict(self.core.counters))
+
+    def status_sample(self, now: float) -> ServerSample:
+        """Counters for the status line, read on the loop thread (which owns the core;
+        the worker's figures only grow, and the ring's fill level is race-free)."""
+        c, w = self.core.counters, self.worker
+        return ServerSample(
+            now=now, sessions=len(self.core.sessions), rx_datagrams=c["rx_datagrams"],
+            dropped=c["dropped"], compute_ns=w.compute_ns if w else (),
+            busy_ns=w.busy_ns if w else 0,
+            queued=sum(s.ring.written - s.ring.read for s in self.core.sessions.values()))
 
     def _replace_worker(self, dead: Worker, report, protocol: ServerProtocol,
                         now: float) -> Worker:
