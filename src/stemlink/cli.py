@@ -98,6 +98,7 @@ def _stream_options(f):
 def separate(input: str, model: str, out_dir: str, preset: str, hop_frames, lookahead,
              synthesis, offline: bool, backend: str) -> None:
     """Separate an audio file (WAV/FLAC/MP3/...) into one WAV per stem."""
+    _need_engine("separate")
     from stemlink.separate import separate_file
 
     r = separate_file(input, model, out_dir, preset=preset, offline=offline, backend=backend,
@@ -202,8 +203,51 @@ def bench_capacity_cmd(model, backends, preset, seconds, max_clients, out_dir) -
 
 # --------------------------------------------------------------------------- network
 def _psk_option(f):
-    return click.option("--psk", envvar="STEMLINK_PSK", default="", show_default=False,
-                        help="Pre-shared key (or $STEMLINK_PSK); empty = integrity only.")(f)
+    f = click.option("--psk", envvar="STEMLINK_PSK", default="", show_default=False,
+                     help="Passphrase (or $STEMLINK_PSK), stretched with scrypt; prefer "
+                          "--key-file.")(f)
+    return click.option("--key-file", envvar="STEMLINK_KEY_FILE", default=None,
+                        type=click.Path(dir_okay=False),
+                        help="Key file from `stemlink keygen` (or $STEMLINK_KEY_FILE); the "
+                             "same file on server and clients.")(f)
+
+
+def _encrypt_option(f):
+    return click.option("--encrypt", is_flag=True,
+                        help="Encrypt every payload (ChaCha20-Poly1305; needs the "
+                             "`cryptography` package).")(f)
+
+
+def _key(key_file: str | None, psk: str) -> tuple[bytes, bytes]:
+    """(key, passphrase) from the options; AuthError (one line) on a bad key file."""
+    from stemlink.wire.keys import load_key_file
+
+    if key_file and psk:
+        raise StemlinkError("give --key-file or --psk, not both")
+    return (load_key_file(key_file) if key_file else b""), psk.encode()
+
+
+def _need_engine(command: str) -> None:
+    """The engine needs ONNX Runtime, an extra: say which one instead of a traceback."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise StemlinkError(
+            f"`stemlink {command}` needs ONNX Runtime, which this install lacks (the base "
+            "install is the client): pip install 'stemlink[server]' (CPU) or "
+            "'stemlink[gpu]' (NVIDIA GPU)")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+def keygen(path: str, force: bool) -> None:
+    """Write a random 256-bit key to PATH (mode 0600) for --key-file."""
+    from stemlink.wire.keys import generate_key_file
+
+    generate_key_file(path, force=force)
+    click.echo(f"wrote a new key to {path} (mode 0600); copy it to each client over a "
+               f"secure channel and pass --key-file {path} to serve, send and live")
 
 
 def _setup_logging(level: str) -> None:
@@ -228,18 +272,47 @@ def _setup_logging(level: str) -> None:
 @click.option("--compute-stats", type=click.Path(dir_okay=False), hidden=True,
               help="Write per-block compute times as JSON at exit (used by benchmarks).")
 @_psk_option
+@click.option("--insecure", is_flag=True,
+              help="Serve on a non-loopback address without a key (warns loudly).")
+@click.option("--encrypt", is_flag=True,
+              help="Require encryption (ChaCha20-Poly1305) from every client.")
+@click.option("--sessions-per-address", default=4, show_default=True,
+              type=click.IntRange(1, 1024), help="Sessions one source IP may hold.")
+@click.option("--handshake-rate", default=4.0, show_default=True,
+              type=click.FloatRange(0.01, 10000), help="HELLOs per second per source IP.")
+@click.option("--handshake-burst", default=16, show_default=True,
+              type=click.IntRange(1, 100000), help="HELLOs per source IP at once.")
+@click.option("--input-factor", default=2.0, show_default=True,
+              type=click.FloatRange(1.01, 1000),
+              help="Drop a real-time session's packets beyond this x its audio rate.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus /metrics and /healthz on this TCP port.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address for --metrics-port.")
 def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_level,
-          compute_stats, psk) -> None:
+          compute_stats, psk, key_file, insecure, encrypt, sessions_per_address,
+          handshake_rate, handshake_burst, input_factor, metrics_port,
+          metrics_host) -> None:
     """Run the UDP separation server (SIGINT/SIGTERM stop it cleanly)."""
+    key, passphrase = _key(key_file, psk)
+    _need_engine("serve")
     from stemlink.loop import run_loop
+    from stemlink.udp_server.limits import LimitConfig
     from stemlink.udp_server.server import ServeOptions, Server
 
     _setup_logging(log_level)
+    limits = LimitConfig(max_sessions=max_sessions, sessions_per_address=sessions_per_address,
+                         handshake_rate=handshake_rate, handshake_burst=handshake_burst,
+                         input_factor=input_factor)
     try:
         srv = Server(ServeOptions(model, host, port, backend, preset, max_sessions,
-                                  idle_timeout, psk.encode(), compute_stats))
+                                  idle_timeout, passphrase, compute_stats, key=key,
+                                  insecure=insecure, encrypt=encrypt, limits=limits,
+                                  metrics_port=metrics_port, metrics_host=metrics_host))
     except OSError as e:
         raise StemlinkError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    if srv.open_warning:
+        click.echo(srv.open_warning, err=True)
     click.echo(srv.describe(), err=True)
     run_loop(srv.run(install_signals=True))
 
@@ -259,16 +332,18 @@ def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_le
 @click.option("--synthesis", type=click.Choice(["standard", "asymmetric"]),
               help="Override the preset's synthesis mode for this session.")
 @_psk_option
+@_encrypt_option
 def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block, synthesis,
-         psk) -> None:
+         psk, key_file, encrypt) -> None:
     """Stream a file to a server; write the stems it sends back."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.sender import SendOptions, save_stats, send_file
     from stemlink.udp_client.transport import parse_server
 
+    key, passphrase = _key(key_file, psk)
     opts = SendOptions(input, parse_server(server), out_dir, preset=preset, realtime=realtime,
-                       jitter_ms=jitter_ms, block=int(block), psk=psk.encode(),
-                       synthesis=synthesis)
+                       jitter_ms=jitter_ms, block=int(block), psk=passphrase,
+                       synthesis=synthesis, key=key, encrypt=encrypt)
     rep = run_loop(send_file(opts))
     click.echo(rep.summary() if realtime else rep.summary().replace(
         "end-to-end latency", "(not paced in real time) end-to-end latency"))
@@ -292,8 +367,9 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
 @click.option("--seconds", type=click.FloatRange(0.5, None), default=None,
               help="Stop after this long (default: run until Ctrl-C).")
 @_psk_option
+@_encrypt_option
 def live(server, input_device, output_device, monitor, preset, jitter_blocks, block,
-         seconds, psk) -> None:
+         seconds, psk, key_file, encrypt) -> None:
     """Sound card -> server -> headphones, headless; Ctrl-C exits."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.live import run_live
@@ -302,11 +378,12 @@ def live(server, input_device, output_device, monitor, preset, jitter_blocks, bl
     def dev(d):
         return int(d) if d is not None and d.isdigit() else d
 
+    key, passphrase = _key(key_file, psk)
     try:
         stats = run_loop(run_live(parse_server(server), dev(input_device),
                                              dev(output_device), monitor, preset,
-                                             psk.encode(), jitter_blocks, int(block),
-                                             seconds))
+                                             passphrase, jitter_blocks, int(block),
+                                             seconds, key=key, encrypt=encrypt))
         for stem, js in stats["jitter"].items():
             click.echo(f"{stem}: played {js['pushed']} blocks, concealed {js['concealed']}, "
                        f"late {js['late']}, duplicates {js['duplicates']}")
@@ -323,6 +400,7 @@ def live(server, input_device, output_device, monitor, preset, jitter_blocks, bl
 def demo(model: str, out_dir: str, preset: str) -> None:
     """The main job on the bundled example: export the model if absent, start a server on
     loopback, stream audio_example.mp3 through it in real time, write the stems."""
+    _need_engine("demo")
     from stemlink.engine.card import CARD_FILE
     from stemlink.export.checkpoint import example_audio
     from stemlink.loop import run_loop

@@ -31,6 +31,12 @@ class Worker:
         self.compute_ns: list[int] = []  # per processed block, for benchmarks
         self._thread = threading.Thread(target=self._run, name="stemlink-worker", daemon=True)
         self.errors = 0
+        # metrics (issue 10): cumulative busy time; `observe` gets each block's seconds
+        self.busy_ns = 0
+        self.observe: Callable[[float], None] | None = None
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def start(self) -> None:
         self._thread.start()
@@ -55,8 +61,12 @@ class Worker:
             try:
                 t = time.perf_counter_ns()
                 self._process(s, job)
+                dt = time.perf_counter_ns() - t
                 if len(self.compute_ns) < 1_000_000:
-                    self.compute_ns.append(time.perf_counter_ns() - t)
+                    self.compute_ns.append(dt)
+                self.busy_ns += dt  # metrics (issue 10)
+                if self.observe is not None:
+                    self.observe(dt / 1e9)
             except Exception:  # a bug must not kill the server: end this session's stream
                 self.errors += 1
                 log.exception("worker failed on session %08x; its stream stops", s.id)

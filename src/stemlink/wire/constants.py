@@ -63,6 +63,7 @@ class ErrorCode(IntEnum):
     UNKNOWN_SESSION = 3
     SHUTTING_DOWN = 4
     OVERLOADED = 5
+    ADDRESS_LIMIT = 6  # too many sessions from the client's address
 
 
 class ByeReason(IntEnum):

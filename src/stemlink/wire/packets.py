@@ -1,4 +1,4 @@
-"""Packet layout v1: a 36-byte header (network byte order), a payload, a 16-byte tag.
+"""Packet layout v2: a 36-byte header (network byte order), a payload, a 16-byte tag.
 
 Every decode checks bounds and ranges and raises WireError (with a short `reason` slug
 for counters) on anything malformed; it never raises anything else on arbitrary bytes.
@@ -160,15 +160,23 @@ def check_tag(data: bytes | memoryview, key: bytes) -> bool:
     return auth.verify(key, mv[:-TAG_SIZE], mv[-TAG_SIZE:])
 
 
+def open_packet(data: bytes, key: bytes | auth.Aead) -> bytes:
+    """The packet with its payload authenticated (and decrypted, under AEAD); WireError
+    "bad-tag" if it fails."""
+    out = auth.open_packet(key, data)
+    if out is None:
+        raise WireError("bad-tag")
+    return out
+
+
 # --------------------------------------------------------------------------- whole packets
-def encode(h: Header, body: bytes, key: bytes) -> bytes:
+def encode(h: Header, body: bytes, key: bytes | auth.Aead) -> bytes:
     if len(body) > MAX_PAYLOAD:
         raise WireError("bad-length", f"payload {len(body)} > {MAX_PAYLOAD}")
     buf = bytearray(HEADER_SIZE + len(body) + TAG_SIZE)
     pack_header(buf, _with_len(h, len(body)))
     buf[HEADER_SIZE:HEADER_SIZE + len(body)] = body
-    buf[-TAG_SIZE:] = auth.tag(key, memoryview(buf)[:-TAG_SIZE])
-    return bytes(buf)
+    return auth.seal(key, buf)
 
 
 def _with_len(h: Header, n: int) -> Header:
@@ -240,6 +248,20 @@ def decode_accept(p: memoryview | bytes) -> Accept:
                   reorder_ms, nonce, names[0], tuple(names[1:]))
 
 
+def encode_cookie(cookie: bytes, salt: bytes) -> bytes:
+    if len(cookie) != COOKIE_SIZE or len(salt) != auth.SALT_SIZE:
+        raise WireError("bad-cookie", "cookie or salt size")
+    return cookie + salt
+
+
+def decode_cookie(p: memoryview | bytes) -> tuple[bytes, bytes]:
+    """COOKIE payload: (cookie to echo in the next HELLO, the server's passphrase salt)."""
+    if len(p) != COOKIE_SIZE + auth.SALT_SIZE:
+        raise WireError("bad-cookie", f"{len(p)} bytes")
+    p = bytes(p)
+    return p[:COOKIE_SIZE], p[COOKIE_SIZE:]
+
+
 def encode_pong(echo_ns: int) -> bytes:
     return _PONG.pack(echo_ns)
 
@@ -291,10 +313,9 @@ class MediaWriter:
         self._pcm = np.frombuffer(self.buf, dtype=dtype, count=frames * channels,
                                   offset=HEADER_SIZE).reshape(frames, channels)
         self._scratch = np.zeros((frames, channels), np.float32)
-        self._mv = memoryview(self.buf)
 
     def write(self, ptype: PacketType, samples: np.ndarray, *, session: int, seq: int,
-              timestamp: int, send_time: int, key: bytes, stem: int = 0,
+              timestamp: int, send_time: int, key: bytes | auth.Aead, stem: int = 0,
               flags: int = 0) -> bytes:
         """samples: float32 [channels, frames]; s16 scales by 32768 and saturates."""
         if self.format is SampleFormat.S16LE:
@@ -307,8 +328,7 @@ class MediaWriter:
         _HEADER.pack_into(self.buf, 0, MAGIC, VERSION, ptype, flags, stem, self.channels,
                           self.format, session, seq, timestamp, send_time, self.frames,
                           self.payload_len)
-        self.buf[-TAG_SIZE:] = auth.tag(key, self._mv[:-TAG_SIZE])
-        return bytes(self.buf)
+        return auth.seal(key, self.buf)
 
 
 def read_media(data: bytes | memoryview, h: Header, out: np.ndarray) -> None:
