@@ -201,6 +201,30 @@ def bench_capacity_cmd(model, backends, preset, seconds, max_clients, out_dir) -
     click.echo(render(r))
 
 
+@bench.command("fuzz")
+@_model_option
+@click.option("--datagrams", default=1_000_000, show_default=True,
+              type=click.IntRange(1000, 10**9), help="Datagrams the server must receive.")
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="Append progress lines here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
+def bench_fuzz_cmd(model, datagrams, seed, log_path, json_path) -> None:
+    """Mutated valid packets (and garbage) against a live server; then a real session."""
+    import json
+
+    from stemlink.bench.fuzz import fuzz, render
+
+    _need_engine("bench fuzz")
+    r = fuzz(model, datagrams, seed, log_path)
+    click.echo(render(r))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(r, indent=2) + "\n")
+    if r["crashes"] or r["internal_errors"] or r["after"]["lost"]:
+        raise StemlinkError("the server did not come through the fuzz intact")
+
+
 # --------------------------------------------------------------------------- network
 def _psk_option(f):
     f = click.option("--psk", envvar="STEMLINK_PSK", default="", show_default=False,
