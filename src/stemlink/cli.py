@@ -68,6 +68,7 @@ def export() -> None:
               help="W: STFT frames per streaming window (a multiple of 64).")
 def export_spleeter_cmd(out: str, window_frames: int) -> None:
     """Export Deezer's Spleeter 2-stems (vocals/accompaniment) to ONNX."""
+    _need_engine("export spleeter")  # the export is checked with ONNX Runtime
     from stemlink.export.spleeter import export_spleeter
 
     export_spleeter(out, window_frames, say=lambda s: click.echo(s, err=True))
@@ -225,6 +226,27 @@ def bench_fuzz_cmd(model, datagrams, seed, log_path, json_path) -> None:
         raise StemlinkError("the server did not come through the fuzz intact")
 
 
+@bench.command("soak")
+@_model_option
+@click.option("--clients", default=3, show_default=True, type=click.IntRange(1, 64))
+@click.option("--minutes", default=10.0, show_default=True, type=click.FloatRange(0.1, 1440))
+@click.option("--clip-seconds", default=30.0, show_default=True,
+              type=click.FloatRange(1, 600), help="Length of each session's clip.")
+@click.option("--every", default=10.0, show_default=True, type=click.FloatRange(0.5, 600),
+              help="Seconds between samples of RSS and sessions.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
+def bench_soak_cmd(model, clients, minutes, clip_seconds, every, json_path) -> None:
+    """N real-time clients for many minutes, session after session; RSS and sessions sampled."""
+    from stemlink.bench.soak import render, save, soak
+
+    _need_engine("bench soak")
+    r = soak(model, clients, minutes, clip_seconds, every,
+             say=lambda m: click.echo(m, err=True))
+    click.echo(render(r))
+    if json_path:
+        save(r, json_path)
+
+
 # --------------------------------------------------------------------------- network
 def _psk_option(f):
     f = click.option("--psk", envvar="STEMLINK_PSK", default="", show_default=False,
@@ -255,7 +277,11 @@ def _need_engine(command: str) -> None:
     """The engine needs ONNX Runtime, an extra: say which one instead of a traceback."""
     import importlib.util
 
-    if importlib.util.find_spec("onnxruntime") is None:
+    try:
+        found = importlib.util.find_spec("onnxruntime") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
         raise StemlinkError(
             f"`stemlink {command}` needs ONNX Runtime, which this install lacks (the base "
             "install is the client): pip install 'stemlink[server]' (CPU) or "

@@ -322,12 +322,13 @@ def fuzz(model: str, datagrams: int, seed: int, log_path: str | None,
         for sk in raw:
             sk.close()
         child.stop()
+        log = "".join(child.log)
+        result["server_tracebacks"] = log.count("Traceback")
+        result["crashes"] = (int(not result.get("alive_at_end", False))
+                             + result["server_tracebacks"])
+        say(json.dumps({k: v for k, v in result.items() if k != "drops"}))
         if logf:
             logf.close()
-    log = "".join(child.log)
-    result["server_tracebacks"] = log.count("Traceback")
-    result["crashes"] = int(not result.get("alive_at_end", False)) + result["server_tracebacks"]
-    say(json.dumps({k: v for k, v in result.items() if k != "drops"}))
     return result
 
 

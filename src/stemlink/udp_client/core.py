@@ -19,6 +19,7 @@ from stemlink.wire.auth import (
     Aead,
     Credential,
     HandshakeKeys,
+    aead_available,
     cookie_key,
     handshake_keys,
     public_key,
@@ -100,6 +101,9 @@ class ClientCore:
         self.syn = pk.DEFAULT if synthesis is None else SYNTHESIS_CODES[synthesis]
         self.synthesis_hop = synthesis_hop or 0  # 0 = the server's choice
         self.mask_hold = mask_hold or 0
+        if encrypt and not aead_available():
+            raise ClientError("--encrypt needs the `cryptography` package: "
+                              "pip install 'stemlink[encrypt]'")
         self.encrypt = encrypt
         self.features = features | (Features.ENCRYPT if encrypt else 0)
         self.playout_ms = playout_ms  # 0 = server default, pk.ARCHIVAL = no deadline
