@@ -247,6 +247,44 @@ def bench_soak_cmd(model, clients, minutes, clip_seconds, every, json_path) -> N
         save(r, json_path)
 
 
+@bench.command("security")
+@_model_option
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
+def bench_security_cmd(model, json_path) -> None:
+    """Attacks on a live keyed server: amplification, forgeries and replays per packet type,
+    a flood from one address while another connects, input beyond the rate bound."""
+    import json
+
+    from stemlink.bench.security import bench_security, render
+
+    _need_engine("bench security")
+    r = bench_security(model)
+    click.echo(render(r))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(r, indent=2) + "\n")
+
+
+@bench.command("aead")
+@click.option("--packets", default=20000, show_default=True, type=click.IntRange(100, 10**7))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
+def bench_aead_cmd(packets, json_path) -> None:
+    """Cost of --encrypt (ChaCha20-Poly1305) per packet against the BLAKE2s tag (run it
+    under the shared benchmark lock)."""
+    import json
+
+    from stemlink.bench.aead import bench_aead, render
+    from stemlink.wire.auth import aead_available
+
+    if not aead_available():
+        raise StemlinkError("bench aead needs the `cryptography` package")
+    r = bench_aead(packets)
+    click.echo(render(r))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(r, indent=2) + "\n")
+
+
 # --------------------------------------------------------------------------- network
 def _psk_option(f):
     f = click.option("--psk", envvar="STEMLINK_PSK", default="", show_default=False,
