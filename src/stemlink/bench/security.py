@@ -91,10 +91,11 @@ def forged_server_side(server, key: bytes, mport: int) -> dict:
     res = {}
     wrong = bytes(32)
     m0 = metrics(mport)
-    # HELLO with a cookie, under the wrong key: no session
-    bad = handshake(server, wrong, OTHER, False, timeout=1.0)
+    # HELLO with a cookie, under the wrong key, from 10 addresses: no session
+    opened = sum(handshake(server, wrong, f"127.0.0.{20 + k}", False, timeout=1.0)
+                 is not None for k in range(10))
     m1 = metrics(mport)
-    res["HELLO (wrong key)"] = {"sent": 1, "accepted": int(bad is not None) +
+    res["HELLO (wrong key)"] = {"sent": 10, "accepted": opened +
                                 _accepted(m1, "hello") - _accepted(m0, "hello")}
     s = handshake(server, key, OTHER, False)
     assert s is not None, "the real client could not connect"
@@ -238,7 +239,7 @@ def flood(server, key: bytes, mport: int, model: str, tmp: Path) -> dict:
 
     m0 = metrics(mport)
     stop = threading.Event()
-    stats = {"hellos": 0, "sessions": 0, "attempts": 0}
+    stats = {"hellos": 0, "sessions": 0, "attempts": 0, "open_max": 0}
     held = []
 
     def attacker() -> None:
@@ -249,7 +250,7 @@ def flood(server, key: bytes, mport: int, model: str, tmp: Path) -> dict:
         while not stop.is_set():
             if stats["attempts"] < 20 and time.monotonic() - t0 > 0.2 * stats["attempts"]:
                 stats["attempts"] += 1
-                s = handshake(server, key, ATTACKER, False, timeout=0.5)
+                s = handshake(server, key, ATTACKER, False, timeout=2.0)
                 if s is not None:
                     stats["sessions"] += 1
                     held.append(s)
@@ -271,14 +272,24 @@ def flood(server, key: bytes, mport: int, model: str, tmp: Path) -> dict:
     x, sr = read_audio(example_audio())
     clip = tmp / "flood-clip.wav"
     sf.write(clip, x[:, :5 * sr].T, sr, subtype="PCM_16")
+    def watch() -> None:  # the server's own count of open sessions
+        while not stop.is_set():
+            stats["open_max"] = max(stats["open_max"],
+                                    int(metrics(mport).get("stemlink_sessions_open", 0)))
+            time.sleep(0.2)
+
     th = threading.Thread(target=attacker, daemon=True)
     th.start()
-    time.sleep(2.0)  # the flood is on before the real client arrives
+    wt = threading.Thread(target=watch, daemon=True)
+    wt.start()
+    time.sleep(4.0)  # the flood and the attacker's sessions are up before the real client
+    open_before = stats["open_max"]
     t0 = time.monotonic()
     rep = run_loop(send_file(SendOptions(clip, server, None, key=key, preset="monitor")))
     elapsed = time.monotonic() - t0
     m1 = metrics(mport)
     stop.set()
+    wt.join(5)
     th.join(10)
     for s in held:
         s.sock.close()
@@ -293,6 +304,8 @@ def flood(server, key: bytes, mport: int, model: str, tmp: Path) -> dict:
         "attacker": ATTACKER, "attacker_hellos": stats["hellos"],
         "attacker_session_attempts": stats["attempts"],
         "attacker_sessions_opened": stats["sessions"],
+        "server_sessions_open_before_second": open_before,
+        "server_sessions_open_max": stats["open_max"],
         "refused_per_address": int(m1.get("stemlink_errors_sent_total{code=\"address_limit\"}",
                                           0) - m0.get(
             "stemlink_errors_sent_total{code=\"address_limit\"}", 0)),
@@ -354,6 +367,7 @@ def bench_security(model: str) -> dict:
         time.sleep(4.0)
         r["input_rate"] = input_rate(server, key, mport)
         r["server_alive"] = child.proc.poll() is None
+        r["load_average"] = os.getloadavg()
     finally:
         child.stop()
     return r
@@ -373,7 +387,9 @@ def render(r: dict) -> str:
     f = r["flood"]
     lines += ["", f"flood from {f['attacker']}: {f['attacker_hellos']} HELLOs, "
               f"{f['attacker_session_attempts']} session attempts -> "
-              f"{f['attacker_sessions_opened']} sessions opened (limit 4), "
+              f"{f['attacker_sessions_opened']} sessions known to it (limit 4; server: "
+              f"{f['server_sessions_open_before_second']} open before the second address, "
+              f"at most {f['server_sessions_open_max']} with it), "
               f"{f['refused_per_address']} refused per address, "
               f"{f['cookies_sent_during_flood']} cookies sent; drops "
               + ", ".join(f"{k} {v}" for k, v in f["drops"].items()),
@@ -384,4 +400,5 @@ def render(r: dict) -> str:
               f"({i['factor_sent']}x real time); accepted {i['accepted']} "
               f"({i['accepted_per_second']}/s vs real time {i['real_time_packets_per_second']}"
               f"/s), dropped {i['dropped_input_rate']} (input-rate)"]
+    lines.append(f"\nload average during the run: {r.get('load_average')}")
     return "\n".join(lines)
