@@ -241,8 +241,10 @@ def fuzz(model: str, datagrams: int, seed: int, log_path: str | None,
     kinds: dict[str, int] = {}
     sent = send_errors = 0
     t0 = time.monotonic()
+    from stemlink.bench.machine import describe, machine
+
     result: dict = {"command": f"stemlink bench fuzz --datagrams {datagrams} --seed {seed}",
-                    "target": datagrams}
+                    "machine": describe(machine()), "target": datagrams}
     try:
         rx = 0.0
         last_scrape = 0.0
@@ -318,6 +320,7 @@ def fuzz(model: str, datagrams: int, seed: int, log_path: str | None,
                       healthz_after=healthz(mport), alive_after=child.proc.poll() is None)
         result["after"] = _check_session(server, auth_key, model, tmp, check_audio)
         result["alive_at_end"] = child.proc.poll() is None
+        result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         for sk in raw:
             sk.close()
@@ -362,6 +365,7 @@ def render(r: dict) -> str:
     a = r.get("after", {})
     lines = [
         f"command: {r['command']}",
+        f"machine: {r['machine']}, load average at the end {r.get('load_average')}",
         f"datagrams sent {r['sent']} in {r['fuzz_seconds']} s; received by the server "
         f"{r['server_received']}",
         "by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(r["kinds"].items())),

@@ -357,7 +357,9 @@ def bench_security(model: str) -> dict:
     child, server, mport = start_server(model, key_file, tmp / "stats.json",
                                         ["--idle-timeout", "3"])
     try:
-        r = {"command": "stemlink bench security",
+        from stemlink.bench.machine import describe, machine
+
+        r = {"command": "stemlink bench security", "machine": describe(machine()),
              "amplification": amplification(server, key)}
         time.sleep(4.0)
         r["forged_server"] = forged_server_side(server, key, mport)
@@ -367,15 +369,16 @@ def bench_security(model: str) -> dict:
         time.sleep(4.0)
         r["input_rate"] = input_rate(server, key, mport)
         r["server_alive"] = child.proc.poll() is None
-        r["load_average"] = os.getloadavg()
+        r["load_average"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         child.stop()
     return r
 
 
 def render(r: dict) -> str:
-    lines = [f"command: {r['command']}", "", "amplification (unvalidated address "
-             f"{ATTACKER}):", "| sent | bytes in | bytes out | out / in |", "|---|---|---|---|"]
+    lines = [f"command: {r['command']}", f"machine: {r['machine']}", "",
+             f"amplification (unvalidated address {ATTACKER}):",
+             "| sent | bytes in | bytes out | out / in |", "|---|---|---|---|"]
     for k, v in r["amplification"].items():
         lines.append(f"| {k} | {v['bytes_sent']} | {v['bytes_received']} | {v['ratio']} |")
     lines += ["", "forged or replayed packets accepted:", "| packet | where | sent | accepted |",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +72,7 @@ def soak(model: str, clients: int, minutes: float, clip_seconds: float, every: f
     import soundfile as sf
 
     from stemlink.audio import read_audio
+    from stemlink.bench.machine import describe, machine
     from stemlink.export.checkpoint import example_audio
     from stemlink.wire.keys import generate_key_file, load_key_file
 
@@ -92,6 +94,7 @@ def soak(model: str, clients: int, minutes: float, clip_seconds: float, every: f
     return {
         "command": f"stemlink bench soak --clients {clients} --minutes {minutes:g} "
                    f"--clip-seconds {clip_seconds:g}",
+        "machine": describe(machine()), "load_average": [round(x, 2) for x in os.getloadavg()],
         "clients": clients, "minutes": minutes, "rss_ready_mib": round(rss_ready / 2**20, 1),
         "rss_start_mib": s[0]["rss_mib"], "rss_end_mib": s[-1]["rss_mib"],
         "rss_max_mib": max(x["rss_mib"] for x in s),
@@ -111,6 +114,7 @@ def render(r: dict) -> str:
     c = r["client_totals"]
     return "\n".join([
         f"command: {r['command']}",
+        f"machine: {r['machine']}, load average at the end {r['load_average']}",
         f"server RSS: ready {r['rss_ready_mib']} MiB, first sample {r['rss_start_mib']} MiB, "
         f"after 1 min {r['rss_after_first_minute_mib']} MiB, end {r['rss_end_mib']} MiB, "
         f"max {r['rss_max_mib']} MiB",
