@@ -1,7 +1,7 @@
 """`stemlink bench soak`: N clients stream in real time for many minutes, session after
 session, against a server child process; its RSS and open sessions are sampled.
 
-Each client sends a clip (the example, `--clip-seconds` long) in real time, says BYE,
+Each client sends a clip (the example, repeated to `--clip-seconds`) in real time, says BYE,
 and starts a new session at once, so sessions open and close all the time as well as
 stream. A leak shows as RSS that keeps growing from sample to sample."""
 
@@ -69,6 +69,7 @@ async def _soak(server, key: bytes, clip: Path, clients: int, seconds: float, pi
 
 def soak(model: str, clients: int, minutes: float, clip_seconds: float, every: float,
          say=print) -> dict:
+    import numpy as np
     import soundfile as sf
 
     from stemlink.audio import read_audio
@@ -80,7 +81,9 @@ def soak(model: str, clients: int, minutes: float, clip_seconds: float, every: f
     key_file = generate_key_file(tmp / "key")
     x, sr = read_audio(example_audio())
     clip = tmp / "clip.wav"
-    sf.write(clip, x[:, :int(clip_seconds * sr)].T, sr, subtype="PCM_16")
+    n = int(clip_seconds * sr)
+    reps = -(-n // x.shape[1])  # the example is ~10 s: repeat it to the clip's length
+    sf.write(clip, np.tile(x, (1, reps))[:, :n].T, sr, subtype="PCM_16")
     child, server, mport = start_server(model, key_file, tmp / "stats.json")
     pid = child.proc.pid
     rss_ready = rss_bytes(pid)

@@ -3,7 +3,8 @@
 - handshake rate per source address (IP, any port): a token bucket that every HELLO spends;
 - sessions per source address and the total session cap, checked when a session would open;
 - input rate per session: AUDIO/PING/BYE beyond `input_factor` x the negotiated packet rate
-  (plus a burst of `input_burst_s` seconds at that rate, for Wi-Fi stalls) are dropped.
+  (plus a burst of `input_burst_s` seconds at that rate, so that a client that stalled
+  for a few seconds may catch up) are dropped.
   Sessions that declared no playout deadline (file transfer as fast as possible) are bounded
   by the worker's queue instead (MAX_PENDING in core.py), not by the clock.
 
@@ -23,7 +24,9 @@ class LimitConfig:
     handshake_rate: float = 4.0  # HELLOs per second per address, sustained
     handshake_burst: int = 16  # HELLOs per address at once (4 sessions x 2 HELLOs x 2)
     input_factor: float = 2.0  # x the negotiated packet rate of a real-time session
-    input_burst_s: float = 1.0  # seconds of input at input_factor x rate, as a burst
+    # seconds of input at input_factor x rate, as a burst: a client that stalled up to
+    # 2 x input_burst_s seconds (scheduling, Wi-Fi) may catch up at once
+    input_burst_s: float = 2.0
     tracked_addresses: int = 4096  # handshake buckets kept (least recently used go first)
 
     def __post_init__(self) -> None:
