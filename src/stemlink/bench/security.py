@@ -224,10 +224,45 @@ def forged_client_side(key: bytes) -> dict:
     return res
 
 
+def _attacker(server, key: bytes, seconds: float, out) -> None:
+    """A separate process (as on another machine): HELLOs as fast as it can, plus up to 20
+    real session attempts whose sessions it keeps alive with PINGs."""
+    stats = {"hellos": 0, "sessions": 0, "attempts": 0}
+    held = []
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((ATTACKER, 0))
+    sock.setblocking(False)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        if stats["attempts"] < 20 and time.monotonic() - t0 > 0.2 * stats["attempts"]:
+            stats["attempts"] += 1
+            s = handshake(server, key, ATTACKER, False, timeout=2.0)
+            if s is not None:
+                stats["sessions"] += 1
+                held.append(s)
+        for _ in range(200):
+            c = ClientCore(sample_rate=44100, channels=2, key=key)
+            try:
+                sock.sendto(c.connect(time.monotonic()), server)
+                stats["hellos"] += 1
+            except OSError:
+                pass
+        for s in held:  # keep the held sessions alive
+            try:
+                s.sock.sendto(s.core.ping(time.monotonic()), server)
+            except OSError:
+                pass
+        time.sleep(0.01)
+    sock.close()
+    for s in held:
+        s.sock.close()
+    out.put(stats)
+
+
 def flood(server, key: bytes, mport: int, model: str, tmp: Path) -> dict:
-    """127.0.0.2 floods HELLOs and opens as many sessions as it can; meanwhile a real
-    client on 127.0.0.1 connects and streams a clip."""
-    import asyncio
+    """127.0.0.2 floods HELLOs and opens as many sessions as it can (another process);
+    meanwhile a real client on 127.0.0.1 connects and streams a clip."""
+    import multiprocessing as mp
     import threading
 
     import soundfile as sf
@@ -237,37 +272,8 @@ def flood(server, key: bytes, mport: int, model: str, tmp: Path) -> dict:
     from stemlink.loop import run_loop
     from stemlink.udp_client.sender import SendOptions, send_file
 
-    m0 = metrics(mport)
     stop = threading.Event()
-    stats = {"hellos": 0, "sessions": 0, "attempts": 0, "open_max": 0}
-    held = []
-
-    def attacker() -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((ATTACKER, 0))
-        sock.setblocking(False)
-        t0 = time.monotonic()
-        while not stop.is_set():
-            if stats["attempts"] < 20 and time.monotonic() - t0 > 0.2 * stats["attempts"]:
-                stats["attempts"] += 1
-                s = handshake(server, key, ATTACKER, False, timeout=2.0)
-                if s is not None:
-                    stats["sessions"] += 1
-                    held.append(s)
-            for _ in range(200):
-                c = ClientCore(sample_rate=44100, channels=2, key=key)
-                try:
-                    sock.sendto(c.connect(time.monotonic()), server)
-                    stats["hellos"] += 1
-                except OSError:
-                    pass
-            for s in held:  # keep the held sessions alive
-                try:
-                    s.sock.sendto(s.core.ping(time.monotonic()), server)
-                except OSError:
-                    pass
-            time.sleep(0.01)
-        sock.close()
+    stats = {"open_max": 0}
 
     x, sr = read_audio(example_audio())
     clip = tmp / "flood-clip.wav"
@@ -278,8 +284,16 @@ def flood(server, key: bytes, mport: int, model: str, tmp: Path) -> dict:
                                     int(metrics(mport).get("stemlink_sessions_open", 0)))
             time.sleep(0.2)
 
-    th = threading.Thread(target=attacker, daemon=True)
-    th.start()
+    # the same clip without a flood first: what this machine's load alone costs
+    calm = run_loop(send_file(SendOptions(clip, server, None, key=key, preset="monitor")))
+    time.sleep(1.0)
+    m0 = metrics(mport)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    clip_s = sf.info(str(clip)).duration
+    attacker = ctx.Process(target=_attacker, args=(server, key, 4.0 + clip_s + 4.0, q),
+                           daemon=True)
+    attacker.start()
     wt = threading.Thread(target=watch, daemon=True)
     wt.start()
     time.sleep(4.0)  # the flood and the attacker's sessions are up before the real client
@@ -287,19 +301,18 @@ def flood(server, key: bytes, mport: int, model: str, tmp: Path) -> dict:
     t0 = time.monotonic()
     rep = run_loop(send_file(SendOptions(clip, server, None, key=key, preset="monitor")))
     elapsed = time.monotonic() - t0
-    m1 = metrics(mport)
     stop.set()
     wt.join(5)
-    th.join(10)
-    for s in held:
-        s.sock.close()
+    stats.update(q.get(timeout=60))
+    attacker.join(10)
+    time.sleep(0.5)
+    m1 = metrics(mport)  # after the whole flood: every HELLO it sent is accounted for
     drops = {}
     for k, v in m1.items():
         if k.startswith("stemlink_drops_total"):
             d = v - m0.get(k, 0)
             if d:
                 drops[k.split('"')[1]] = int(d)
-    del asyncio
     return {
         "attacker": ATTACKER, "attacker_hellos": stats["hellos"],
         "attacker_session_attempts": stats["attempts"],
@@ -309,12 +322,18 @@ def flood(server, key: bytes, mport: int, model: str, tmp: Path) -> dict:
         "refused_per_address": int(m1.get("stemlink_errors_sent_total{code=\"address_limit\"}",
                                           0) - m0.get(
             "stemlink_errors_sent_total{code=\"address_limit\"}", 0)),
+        "hellos_received_by_server": int(m1.get('stemlink_datagrams_received_total{type="hello"}',
+                                                0) - m0.get(
+            'stemlink_datagrams_received_total{type="hello"}', 0)),
         "cookies_sent_during_flood": int(m1.get("stemlink_cookies_sent_total", 0) -
                                          m0.get("stemlink_cookies_sent_total", 0)),
         "drops": drops,
         "second_address": "127.0.0.1", "second_connected": True,
         "second_received": rep.received, "second_expected": rep.expected,
         "second_lost": rep.lost, "second_seconds": round(elapsed, 1),
+        "second_concealed": rep.concealed,
+        "without_flood_received": calm.received, "without_flood_lost": calm.lost,
+        "without_flood_concealed": calm.concealed,
     }
 
 
@@ -381,6 +400,12 @@ def render(r: dict) -> str:
              "| sent | bytes in | bytes out | out / in |", "|---|---|---|---|"]
     for k, v in r["amplification"].items():
         lines.append(f"| {k} | {v['bytes_sent']} | {v['bytes_received']} | {v['ratio']} |")
+    h = r["amplification"]["hello"]
+    if h.get("replies"):
+        per_in, per_out = h["bytes_sent"] / 400, h["bytes_received"] / h["replies"]
+        lines.append(f"\neach answered HELLO: {per_in:.0f} B in, {per_out:.0f} B out "
+                     f"(ratio {per_out / per_in:.2f}); {h['replies']} of 400 were answered "
+                     f"(the rest hit the handshake rate limit)")
     lines += ["", "forged or replayed packets accepted:", "| packet | where | sent | accepted |",
               "|---|---|---|---|"]
     for k, v in r["forged_server"].items():
@@ -388,7 +413,8 @@ def render(r: dict) -> str:
     for k, v in r["forged_client"].items():
         lines.append(f"| {k} | client core | {v['sent']} | {v['accepted']} |")
     f = r["flood"]
-    lines += ["", f"flood from {f['attacker']}: {f['attacker_hellos']} HELLOs, "
+    lines += ["", f"flood from {f['attacker']}: {f['attacker_hellos']} HELLOs sent "
+              f"({f['hellos_received_by_server']} HELLOs from anyone reached the server), "
               f"{f['attacker_session_attempts']} session attempts -> "
               f"{f['attacker_sessions_opened']} sessions known to it (limit 4; server: "
               f"{f['server_sessions_open_before_second']} open before the second address, "
@@ -397,7 +423,10 @@ def render(r: dict) -> str:
               f"{f['cookies_sent_during_flood']} cookies sent; drops "
               + ", ".join(f"{k} {v}" for k, v in f["drops"].items()),
               f"meanwhile {f['second_address']} connected and streamed: received "
-              f"{f['second_received']}/{f['second_expected']}, lost {f['second_lost']}"]
+              f"{f['second_received']}/{f['second_expected']}, lost {f['second_lost']}, "
+              f"concealed {f['second_concealed']} (the same clip just before, without the "
+              f"flood: received {f['without_flood_received']}, lost "
+              f"{f['without_flood_lost']}, concealed {f['without_flood_concealed']})"]
     i = r["input_rate"]
     lines += ["", f"input rate: sent {i['sent']} AUDIO in {i['seconds']} s "
               f"({i['factor_sent']}x real time); accepted {i['accepted']} "
