@@ -138,6 +138,11 @@ async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, n
                 await asyncio.sleep(0.0005)
                 if time.monotonic() - state.last_rx > opts.drain_s and state.last_rx:
                     break
+                if time.monotonic() >= next_ping:  # waiting on a busy server is not idle
+                    ping = core.ping(time.monotonic())
+                    proto.send(ping)
+                    state.bytes_sent += len(ping)
+                    next_ping = time.monotonic() + opts.ping_every_s
             state.send_ns[k] = time.monotonic_ns()
         now = time.monotonic()
         if now >= next_ping:
