@@ -67,6 +67,14 @@ class Rejected:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionError:
+    """The server ended an established session with an ERROR (protocol or server error)."""
+
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class StemBlock:
     header: pk.Header
     data: bytes  # the whole datagram; decode with wire.packets.read_media()
@@ -184,7 +192,7 @@ class ClientCore:
         if t is PacketType.BYE:
             return [ServerBye(pk.decode_bye(pk.payload(data, h)))]
         err = pk.decode_error(pk.payload(data, h))
-        return [Rejected(err.code, err.message)]
+        return [SessionError(err.code, err.message)]
 
     def _handshake(self, h: pk.Header, data: bytes, now: float) -> list:
         body = pk.payload(data, h)

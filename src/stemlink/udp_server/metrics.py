@@ -46,11 +46,8 @@ class ServerCollector:
         core = srv.core
         counters = dict(core.counters)  # one copy, atomic under the GIL
         sessions = list(core.sessions.values())
-        totals = dict(core.totals)
+        ended = dict(core.stream_counters)  # worker-side counts of ended streams
         tx = dict(srv.protocol.tx_by_type) if srv.protocol is not None else {}
-
-        def session_sum(name: str) -> int:
-            return totals.get(name, 0) + sum(s.counters.get(name, 0) for s in sessions)
 
         yield GaugeMetricFamily(f"{PREFIX}_sessions_open", "Sessions open now",
                                 value=len(sessions))
@@ -90,13 +87,18 @@ class ServerCollector:
                                   value=counters.get("cookies", 0))
         yield CounterMetricFamily(f"{PREFIX}_late_blocks", "AUDIO blocks that arrived too "
                                   "late for their place in the stream",
-                                  value=session_sum("late"))
-        yield CounterMetricFamily(f"{PREFIX}_concealed_blocks", "Input blocks concealed "
-                                  "(lost, late or dropped under overload)",
-                                  value=session_sum("concealed_blocks"))
+                                  value=counters.get("drop_late", 0))
+        yield CounterMetricFamily(f"{PREFIX}_concealed_blocks", "Output blocks sent "
+                                  "concealed (counted when a session's stream ends)",
+                                  value=ended.get("concealed_blocks", 0))
+        yield CounterMetricFamily(f"{PREFIX}_concealed_input_blocks", "Input blocks "
+                                  "concealed (lost, late or dropped under overload; counted "
+                                  "when a session's stream ends)",
+                                  value=ended.get("concealed_input_blocks", 0))
         yield GaugeMetricFamily(f"{PREFIX}_queue_depth", "Input blocks waiting for the "
                                 "worker, all sessions",
-                                value=sum(max(s.queued - s.taken, 0) for s in sessions))
+                                value=sum(max(s.ring.written - s.ring.read, 0)
+                                          for s in sessions))
         worker = srv.worker
         busy_ns = getattr(worker, "busy_ns", 0) if worker is not None else 0
         yield CounterMetricFamily(f"{PREFIX}_worker_busy_seconds", "Seconds the worker "

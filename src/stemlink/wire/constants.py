@@ -63,7 +63,9 @@ class ErrorCode(IntEnum):
     UNKNOWN_SESSION = 3
     SHUTTING_DOWN = 4
     OVERLOADED = 5
-    ADDRESS_LIMIT = 6  # too many sessions from the client's address
+    PROTOCOL = 6  # the session broke the protocol (e.g. AUDIO not in the negotiated format)
+    INTERNAL = 7  # the server failed while processing the session
+    ADDRESS_LIMIT = 8  # too many sessions from the client's address
 
 
 class ByeReason(IntEnum):
