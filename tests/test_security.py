@@ -22,6 +22,7 @@ from stemlink.udp_client.core import (
 from stemlink.udp_server.core import ACCEPT_RESENDS, COOKIE_LIFETIME_MS
 from stemlink.udp_server.limits import LimitConfig, TokenBucket
 from stemlink.udp_server.server import check_exposure
+from stemlink.udp_server.stream import Job
 from stemlink.wire import auth
 from stemlink.wire import packets as pk
 from stemlink.wire.auth import Credential
@@ -269,8 +270,7 @@ def test_input_beyond_twice_the_rate_is_dropped_archival_is_not():
     n = int(10 * rate)  # ten times real time, for one second
     for k in range(n):
         s.receive_datagram(c.audio(BLOCK, k * 256, 0), ADDR, 101.0 + k / n)
-        s.take_jobs()
-        sess.taken = sess.queued  # a worker that keeps up
+        s.take_messages()
     passed = sess.counters["audio"]
     assert passed == pytest.approx(2 * rate + 2 * rate * 2.0, abs=2)  # rate + 2 s burst
     assert sess.counters["input_rate"] == n - passed
@@ -278,8 +278,7 @@ def test_input_beyond_twice_the_rate_is_dropped_archival_is_not():
     c2, sess2 = established(s, addr=("127.0.0.1", 40002), playout_ms=pk.ARCHIVAL)
     for k in range(n):
         s.receive_datagram(c2.audio(BLOCK, k * 256, 0), ("127.0.0.1", 40002), 101.0 + k / n)
-        s.take_jobs()
-        sess2.taken = sess2.queued
+        s.take_messages()
     assert sess2.counters["audio"] == n and sess2.budget is None
 
 
@@ -319,15 +318,16 @@ def test_encrypted_session_hides_audio_and_rejects_tampering():
     tone = np.full((2, 256), 0.25, np.float32)
     wire = c.audio(tone, 0, 0)
     assert (np.int16(8192).tobytes() * 4) not in wire  # no plaintext PCM on the wire
+    s.take_messages()
     s.receive_datagram(wire, ADDR, 101.0)
-    (job,) = s.take_jobs()
-    np.testing.assert_array_equal(sess.ring[job.slot], tone)
+    (job,) = [m for m in s.take_messages() if isinstance(m, Job)]
+    np.testing.assert_array_equal(sess.ring.blocks[job.slot], tone)
     tampered = bytearray(c.audio(tone, 256, 0))
     tampered[100] ^= 1
     s.receive_datagram(bytes(tampered), ADDR, 101.0)
-    assert s.take_jobs() == [] and s.counters["drop_bad-tag"] == 1
-    stem = sess.writer.write(PacketType.STEM, tone, session=sess.id, seq=0, timestamp=0,
-                             send_time=0, key=sess.key, stem=1)
+    assert s.take_messages() == [] and s.counters["drop_bad-tag"] == 1
+    stem = pk.MediaWriter(256, 2, 1).write(PacketType.STEM, tone, session=sess.id, seq=0,
+                                           timestamp=0, send_time=0, key=sess.key, stem=1)
     (blk,) = c.receive(stem, 101.0)
     out = np.zeros((2, 256), np.float32)
     pk.read_media(blk.data, blk.header, out)
