@@ -18,6 +18,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -26,6 +27,16 @@ from stemlink.udp_client.core import ClientCore
 from stemlink.wire import auth
 from stemlink.wire import packets as pk
 from stemlink.wire.constants import ErrorCode, PacketType
+
+
+class _NoModel:
+    """The numbers a Stream reads at session start: the client-side part only needs a
+    server core to make genuine packets, and never separates audio."""
+
+    delay, memory = 5119, 74751
+    latency = SimpleNamespace(support=4096)
+    card = SimpleNamespace(n_fft=4096)
+
 
 ATTACKER = "127.0.0.2"
 OTHER = "127.0.0.3"
@@ -171,7 +182,7 @@ def forged_client_side(key: bytes) -> dict:
 
     srv = ServerCore(card_stems=["vocals", "accompaniment"], model_name="m",
                      sample_rate=44100, channels=2, credential=auth.Credential(key=key),
-                     make_stream=lambda r: StreamSetup(object(), "monitor", 2, 0,
+                     make_stream=lambda r: StreamSetup(_NoModel(), "monitor", 2, 0,
                                                        "standard", 5119))
     addr, now = ("127.0.0.1", 1), 100.0
     c = ClientCore(sample_rate=44100, channels=2, key=key)
