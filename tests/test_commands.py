@@ -42,8 +42,14 @@ def test_serve_stops_cleanly_on_signals(model_dir, tmp_path, sig):
             p.kill()
     assert p.returncode == 0
     assert "Traceback" not in rest
-    assert "started: preset ultra H=2 L=0 asymmetric, D=3071" in rest
-    assert "ended (bye)" in rest and "server stopped" in rest
+    events = [json.loads(ln[ln.index("{"):]) for ln in rest.splitlines()
+              if '{"event"' in ln]  # one structured line per session start and end
+    (start,) = [e for e in events if e["event"] == "session_start"]
+    assert (start["preset"], start["H"], start["L"], start["synthesis"], start["delay"]) == (
+        "ultra", 2, 0, "asymmetric", 3071)
+    (end,) = [e for e in events if e["event"] == "session_end"]
+    assert end["reason"] == "bye" and end["session"] == start["session"]
+    assert "server stopped" in rest
     assert json.loads(stats.read_text())["compute_ns"]
 
 

@@ -24,7 +24,7 @@ def receiver(frames: int, now_ns: int, seed: int = 0):
     blocks arriving 20..80 ms later, some never (lost)."""
     nblocks = -(-(frames + D) // B)
     rx = _Receiver()
-    rx.setup(STEMS, 2, nblocks, B)
+    rx.setup(STEMS, 2, nblocks, B, 44100)
     rng = np.random.default_rng(seed)
     period = B * 1e9 / SR
     sent = np.arange(nblocks) * period
@@ -92,7 +92,7 @@ def test_status_mid_stream_counts_only_what_is_overdue():
 
 def test_status_before_anything_came_back():
     rx = _Receiver()
-    rx.setup(STEMS, 2, 100, B)
+    rx.setup(STEMS, 2, 100, B, 44100)
     p = SendStatus(sample_rate=SR, block=B, delay=D, frames=100 * B - D,
                    jitter_ms=60.0).measure(rx, 0, 0.0)
     assert (p.sent, p.received, p.lost, p.late) == (0, 0, 0, 0)

@@ -53,7 +53,9 @@ def test_handshake_establishes_a_keyed_session():
     assert acc.accept.delay == 5119 and acc.accept.stems == ("vocals", "accompaniment")
     assert acc.accept.sample_rate == 44100 and acc.accept.channels == 2
     sess = s.sessions[acc.session]
-    assert sess.key == c.key and len(c.key) == 32
+    # one key per direction, both derived on each side
+    assert sess.rx_key == c.key and sess.key == c.rx_key and len(c.key) == 32
+    assert c.key != c.rx_key
 
 
 def test_retransmitted_hello_gets_the_same_accept():
@@ -68,6 +70,9 @@ def test_no_reply_without_a_valid_cookie_psk_or_from_another_address():
     s = make_server(psk=b"secret")
     c = ClientCore(sample_rate=44100, channels=2, psk=b"wrong")
     s.receive_datagram(c.connect(1.0), ADDR, 1.0)
+    (cookie, _), = s.take_outbox()  # the cookie is stateless and needs no key
+    (_, hello2), = c.receive(cookie, 1.0)
+    s.receive_datagram(hello2, ADDR, 1.0)  # but the HELLO that echoes it does
     assert s.take_outbox() == [] and s.counters["drop_bad-tag"] == 1
     good = ClientCore(sample_rate=44100, channels=2, psk=b"secret")
     s.receive_datagram(good.connect(1.0), ADDR, 1.0)

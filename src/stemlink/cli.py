@@ -57,6 +57,7 @@ def export() -> None:
 @_quiet_option
 def export_spleeter_cmd(out: str, window_frames: int, quiet: bool) -> None:
     """Export Deezer's Spleeter 2-stems (vocals/accompaniment) to ONNX."""
+    _need_engine("export spleeter")  # the export is checked with ONNX Runtime
     from stemlink.export.spleeter import export_spleeter
 
     on = prog.enabled(quiet)
@@ -196,6 +197,7 @@ def separate(input: str, model: str, out_dir: str, preset: str | None, hop_frame
     files. Give --preset (or -H/-L/--synthesis, which start from `monitor`) to hear what a
     live stream with that preset would sound like: the same streaming separator the
     server runs, with its delay D removed from the files."""
+    _need_engine("separate")
     from stemlink.separate import separate_file
 
     streaming = preset is not None or hop_frames is not None or lookahead is not None \
@@ -383,10 +385,140 @@ def bench_gpu_cmd(model, batch, iterations, seconds, max_clients, no_capacity, o
     click.echo(f"\nwrote {out_dir}/gpu.json, {out_dir}/gpu.md")
 
 
+@bench.command("fuzz")
+@_model_option
+@click.option("--datagrams", default=1_000_000, show_default=True,
+              type=click.IntRange(1000, 10**9), help="Datagrams the server must receive.")
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="Append progress lines here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
+def bench_fuzz_cmd(model, datagrams, seed, log_path, json_path) -> None:
+    """Mutated valid packets (and garbage) against a live server; then a real session."""
+    import json
+
+    from stemlink.bench.fuzz import fuzz, render
+
+    _need_engine("bench fuzz")
+    r = fuzz(model, datagrams, seed, log_path)
+    click.echo(render(r))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(r, indent=2) + "\n")
+    if r["crashes"] or r["internal_errors"] or r["after"]["lost"]:
+        raise StemlinkError("the server did not come through the fuzz intact")
+
+
+@bench.command("soak")
+@_model_option
+@click.option("--clients", default=3, show_default=True, type=click.IntRange(1, 64))
+@click.option("--minutes", default=10.0, show_default=True, type=click.FloatRange(0.1, 1440))
+@click.option("--clip-seconds", default=30.0, show_default=True,
+              type=click.FloatRange(1, 600), help="Length of each session's clip.")
+@click.option("--every", default=10.0, show_default=True, type=click.FloatRange(0.5, 600),
+              help="Seconds between samples of RSS and sessions.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
+def bench_soak_cmd(model, clients, minutes, clip_seconds, every, json_path) -> None:
+    """N real-time clients for many minutes, session after session; RSS and sessions sampled."""
+    from stemlink.bench.soak import render, save, soak
+
+    _need_engine("bench soak")
+    r = soak(model, clients, minutes, clip_seconds, every,
+             say=lambda m: click.echo(m, err=True))
+    click.echo(render(r))
+    if json_path:
+        save(r, json_path)
+
+
+@bench.command("security")
+@_model_option
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
+def bench_security_cmd(model, json_path) -> None:
+    """Attacks on a live keyed server: amplification, forgeries and replays per packet type,
+    a flood from one address while another connects, input beyond the rate bound."""
+    import json
+
+    from stemlink.bench.security import bench_security, render
+
+    _need_engine("bench security")
+    r = bench_security(model)
+    click.echo(render(r))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(r, indent=2) + "\n")
+
+
+@bench.command("aead")
+@click.option("--packets", default=20000, show_default=True, type=click.IntRange(100, 10**7))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
+def bench_aead_cmd(packets, json_path) -> None:
+    """Cost of --encrypt (ChaCha20-Poly1305) per packet against the BLAKE2s tag (run it
+    under the shared benchmark lock)."""
+    import json
+
+    from stemlink.bench.aead import bench_aead, render
+    from stemlink.wire.auth import aead_available
+
+    if not aead_available():
+        raise StemlinkError("bench aead needs the `cryptography` package")
+    r = bench_aead(packets)
+    click.echo(render(r))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(r, indent=2) + "\n")
+
+
 # --------------------------------------------------------------------------- network
 def _psk_option(f):
-    return click.option("--psk", envvar="STEMLINK_PSK", default="", show_default=False,
-                        help="Pre-shared key (or $STEMLINK_PSK); empty = integrity only.")(f)
+    f = click.option("--psk", envvar="STEMLINK_PSK", default="", show_default=False,
+                     help="Passphrase (or $STEMLINK_PSK), stretched with scrypt; prefer "
+                          "--key-file.")(f)
+    return click.option("--key-file", envvar="STEMLINK_KEY_FILE", default=None,
+                        type=click.Path(dir_okay=False),
+                        help="Key file from `stemlink keygen` (or $STEMLINK_KEY_FILE); the "
+                             "same file on server and clients.")(f)
+
+
+def _encrypt_option(f):
+    return click.option("--encrypt", is_flag=True,
+                        help="Encrypt every payload (ChaCha20-Poly1305; needs the "
+                             "`cryptography` package).")(f)
+
+
+def _key(key_file: str | None, psk: str) -> tuple[bytes, bytes]:
+    """(key, passphrase) from the options; AuthError (one line) on a bad key file."""
+    from stemlink.wire.keys import load_key_file
+
+    if key_file and psk:
+        raise StemlinkError("give --key-file or --psk, not both")
+    return (load_key_file(key_file) if key_file else b""), psk.encode()
+
+
+def _need_engine(command: str) -> None:
+    """The engine needs ONNX Runtime, an extra: say which one instead of a traceback."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("onnxruntime") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise StemlinkError(
+            f"`stemlink {command}` needs ONNX Runtime, which this install lacks (the base "
+            "install is the client): pip install 'stemlink[server]' (CPU) or "
+            "'stemlink[gpu]' (NVIDIA GPU)")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+def keygen(path: str, force: bool) -> None:
+    """Write a random 256-bit key to PATH (mode 0600) for --key-file."""
+    from stemlink.wire.keys import generate_key_file
+
+    generate_key_file(path, force=force)
+    click.echo(f"wrote a new key to {path} (mode 0600); copy it to each client over a "
+               f"secure channel and pass --key-file {path} to serve, send and live")
 
 
 def _setup_logging(level: str) -> None:
@@ -423,20 +555,49 @@ def _setup_logging(level: str) -> None:
               help="Seconds between status log lines (sessions, datagrams/s, worker load, "
                    "drops); 0 = none. An idle server prints none.")
 @_psk_option
+@click.option("--insecure", is_flag=True,
+              help="Serve on a non-loopback address without a key (warns loudly).")
+@click.option("--encrypt", is_flag=True,
+              help="Require encryption (ChaCha20-Poly1305) from every client.")
+@click.option("--sessions-per-address", default=4, show_default=True,
+              type=click.IntRange(1, 1024), help="Sessions one source IP may hold.")
+@click.option("--handshake-rate", default=4.0, show_default=True,
+              type=click.FloatRange(0.01, 10000), help="HELLOs per second per source IP.")
+@click.option("--handshake-burst", default=16, show_default=True,
+              type=click.IntRange(1, 100000), help="HELLOs per source IP at once.")
+@click.option("--input-factor", default=2.0, show_default=True,
+              type=click.FloatRange(1.01, 1000),
+              help="Drop a real-time session's packets beyond this x its audio rate.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus /metrics and /healthz on this TCP port.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address for --metrics-port.")
 def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_level,
-          compute_stats, reorder_ms, playout_ms, status_interval, psk) -> None:
+          compute_stats, reorder_ms, playout_ms, status_interval, psk, key_file, insecure,
+          encrypt, sessions_per_address, handshake_rate, handshake_burst, input_factor,
+          metrics_port, metrics_host) -> None:
     """Run the UDP separation server (SIGINT/SIGTERM stop it cleanly)."""
+    key, passphrase = _key(key_file, psk)
+    _need_engine("serve")
     from stemlink.loop import run_loop
+    from stemlink.udp_server.limits import LimitConfig
     from stemlink.udp_server.server import ServeOptions, Server
 
     _setup_logging(log_level)
+    limits = LimitConfig(max_sessions=max_sessions, sessions_per_address=sessions_per_address,
+                         handshake_rate=handshake_rate, handshake_burst=handshake_burst,
+                         input_factor=input_factor)
     try:
         srv = Server(ServeOptions(model, host, port, backend, preset, max_sessions,
-                                  idle_timeout, psk.encode(), compute_stats,
+                                  idle_timeout, passphrase, compute_stats, key=key,
+                                  insecure=insecure, encrypt=encrypt, limits=limits,
+                                  metrics_port=metrics_port, metrics_host=metrics_host,
                                   reorder_ms=reorder_ms, playout_ms=playout_ms,
                                   status_interval=status_interval))
     except OSError as e:
         raise StemlinkError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    if srv.open_warning:
+        click.echo(srv.open_warning, err=True)
     click.echo(srv.describe(), err=True)
     run_loop(srv.run(install_signals=True))
 
@@ -523,9 +684,10 @@ class _StatusLine:
 @_conceal_option
 @_redundancy_option
 @_psk_option
+@_encrypt_option
 @_quiet_option
 def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block, synthesis,
-         as_heard, jitter, conceal, redundancy, psk, quiet) -> None:
+         as_heard, jitter, conceal, redundancy, psk, key_file, encrypt, quiet) -> None:
     """Stream a file to a server; write the stems it sends back.
 
     On a terminal a status line updates once a second: elapsed/total, packets sent,
@@ -537,11 +699,12 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
     if as_heard and not realtime:
         raise click.UsageError("--as-heard needs real-time pacing (drop "
                                "--as-fast-as-possible)")
+    key, passphrase = _key(key_file, psk)
     line = _StatusLine(quiet)
     opts = SendOptions(input, parse_server(server), out_dir, preset=preset, realtime=realtime,
-                       jitter_ms=jitter_ms, block=int(block), psk=psk.encode(),
+                       jitter_ms=jitter_ms, block=int(block), psk=passphrase,
                        synthesis=synthesis, as_heard=as_heard, jitter=jitter,
-                       conceal=conceal, redundancy=redundancy,
+                       conceal=conceal, redundancy=redundancy, key=key, encrypt=encrypt,
                        on_status=line.show if line.on else None)
     try:
         rep = run_loop(send_file(opts))
@@ -577,8 +740,9 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
 @_conceal_option
 @_redundancy_option
 @_psk_option
+@_encrypt_option
 def live(server, input_device, output_device, monitor, preset, jitter, jitter_blocks, block,
-         seconds, conceal, redundancy, psk) -> None:
+         seconds, conceal, redundancy, psk, key_file, encrypt) -> None:
     """Sound card -> server -> headphones, headless; Ctrl-C exits."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.devices import parse_device as dev
@@ -587,10 +751,12 @@ def live(server, input_device, output_device, monitor, preset, jitter, jitter_bl
 
     if jitter_blocks is not None:
         jitter = 1000.0 * jitter_blocks * int(block) / 44100
+    key, passphrase = _key(key_file, psk)
     try:
         stats = run_loop(run_live(parse_server(server), dev(input_device),
-                                  dev(output_device), monitor, preset, psk.encode(), jitter,
-                                  int(block), seconds, conceal=conceal, redundancy=redundancy))
+                                  dev(output_device), monitor, preset, passphrase, jitter,
+                                  int(block), seconds, conceal=conceal, redundancy=redundancy,
+                                  key=key, encrypt=encrypt))
         js = stats["jitter"]
         click.echo(f"playout ({js['mode']}): {js['pushed']} stem blocks, concealed "
                    f"{js['concealed']}, late {js['late']}, inserted {js['inserted']}, mean "
@@ -899,6 +1065,7 @@ def doctor(model: str, key_file: str | None, port: int) -> None:
 def demo(model: str, out_dir: str, preset: str) -> None:
     """The main job on the bundled example: export the model if absent, start a server on
     loopback, stream audio_example.mp3 through it in real time, write the stems."""
+    _need_engine("demo")
     from stemlink.engine.card import CARD_FILE
     from stemlink.export.checkpoint import example_audio
     from stemlink.loop import run_loop

@@ -15,7 +15,16 @@ import numpy as np
 
 from stemlink.errors import StemlinkError
 from stemlink.wire import packets as pk
-from stemlink.wire.auth import handshake_key, session_key
+from stemlink.wire.auth import (
+    Aead,
+    Credential,
+    HandshakeKeys,
+    aead_available,
+    cookie_key,
+    handshake_keys,
+    public_key,
+    session_keys,
+)
 from stemlink.wire.constants import (
     HEADER_SIZE,
     PRESET_CODES,
@@ -26,6 +35,14 @@ from stemlink.wire.constants import (
     SampleFormat,
 )
 from stemlink.wire.redundancy import RedundancyDecoder, RedundancyEncoder
+from stemlink.wire.seq import ReplayWindow
+
+NO_ANSWER = ("no answer from the server (is it running, are the address and port right, "
+             "does a firewall drop UDP? A server that rate-limits handshakes from this "
+             "address also stays silent for a while)")
+NO_ACCEPT = ("the server answered but did not accept the handshake: most likely a wrong key "
+             "(the same --key-file or --psk must be given to serve and to this client), or "
+             "a server that allows no more handshakes from this address right now")
 
 
 class ClientError(StemlinkError):
@@ -53,6 +70,14 @@ class Rejected:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionError:
+    """The server ended an established session with an ERROR (protocol or server error)."""
+
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class StemBlock:
     header: pk.Header
     data: bytes  # the whole datagram; decode with wire.packets.read_media(data, header, out)
@@ -69,14 +94,6 @@ class ServerBye:
     reason: int
 
 
-@dataclass(frozen=True, slots=True)
-class SessionError:
-    """The server ended an established session with an ERROR (protocol or server error)."""
-
-    code: int
-    message: str
-
-
 class ClientCore:
     HELLO_RETRY_S = 0.25
     HELLO_TRIES = 12
@@ -86,7 +103,7 @@ class ClientCore:
                  hop_frames: int | None = None, lookahead: int | None = None,
                  synthesis: str | None = None, synthesis_hop: int | None = None,
                  mask_hold: int | None = None, features: int = 0, playout_ms: int = 0,
-                 psk: bytes = b"",
+                 psk: bytes = b"", key: bytes = b"", encrypt: bool = False,
                  first_seq: int = 0) -> None:
         self.sample_rate, self.channels, self.block, self.format = (
             sample_rate, channels, block, SampleFormat(fmt))
@@ -96,14 +113,23 @@ class ClientCore:
         self.syn = pk.DEFAULT if synthesis is None else SYNTHESIS_CODES[synthesis]
         self.synthesis_hop = synthesis_hop or 0  # 0 = the server's choice
         self.mask_hold = mask_hold or 0
-        self.features = features
+        if encrypt and not aead_available():
+            raise ClientError("--encrypt needs the `cryptography` package: "
+                              "pip install 'stemlink[encrypt]'")
+        self.encrypt = encrypt
+        self.features = features | (Features.ENCRYPT if encrypt else 0)
         self.playout_ms = playout_ms  # 0 = server default, pk.ARCHIVAL = no deadline
-        self.psk = psk
-        self.hkey = handshake_key(psk)
+        self.credential = Credential(key=key, passphrase=psk)
         self.nonce = os.urandom(16)
         self.state = State.IDLE
         self.session = 0
-        self.key = b""
+        self.key: bytes | Aead = b""  # client -> server session key (AUDIO, PING, BYE)
+        self.rx_key: bytes | Aead = b""  # server -> client (STEM, PONG, BYE, ERROR)
+        self.ctl_seq = 0  # seq of our next PING/BYE (the server keeps a replay window)
+        self.ctl_replay = ReplayWindow(64)  # on the server's PONG/BYE/ERROR
+        self._hk: HandshakeKeys | None = None  # after the COOKIE
+        self._roots: dict[bytes, bytes] = {}  # salt -> root key (scrypt is slow)
+        self._root = b""
         self.accept: pk.Accept | None = None
         self.seq = first_seq & 0xFFFFFFFF
         self.counters: Counter = Counter()
@@ -126,8 +152,9 @@ class ClientCore:
         hello = pk.Hello(self.nonce, self.sample_rate, self.block, self.channels, self.format,
                          self.preset_code, self.hop, self.look, self.syn, self.synthesis_hop,
                          self.mask_hold, self.features, self.playout_ms, self._cookie)
+        key = public_key() if self._hk is None else self._hk.c2s
         return pk.encode(pk.Header(PacketType.HELLO, 0, 0, 0, 0, int(now * 1e9)),
-                         pk.encode_hello(hello), self.hkey)
+                         pk.encode_hello(hello), key)
 
     def connect(self, now: float) -> bytes:
         self.state = State.HELLO_SENT
@@ -140,9 +167,9 @@ class ClientCore:
         if now - self._last_hello < self.HELLO_RETRY_S:
             return None
         if self._tries >= self.HELLO_TRIES:
+            waited_for_accept = self.state is State.COOKIE_SENT
             self.state = State.CLOSED
-            raise ClientError("no answer from the server (is it running, and is the address "
-                              "and port right?)")
+            raise ClientError(NO_ACCEPT if waited_for_accept else NO_ANSWER)
         return self._hello(now)
 
     def receive(self, data: bytes, now: float) -> list:
@@ -159,8 +186,7 @@ class ClientCore:
         if t is PacketType.STEM:
             if self.state is not State.ESTABLISHED or h.session != self.session:
                 raise pk.WireError("unknown-session")
-            if not pk.check_tag(data, self.key):
-                raise pk.WireError("bad-tag")
+            data = pk.open_packet(data, self.rx_key)  # WireError bad-tag; decrypted (AEAD)
             if not self.redundancy:
                 if h.flags & Flags.REDUNDANT:
                     raise pk.WireError("redundancy-not-granted")
@@ -178,52 +204,60 @@ class ClientCore:
                     self.counters["recovered"] += 1
                     out.append(StemBlock(h2, bytes(HEADER_SIZE) + body, recovered=True))
             return out
-        if t is PacketType.ERROR and h.session != 0:
-            if self.state is not State.ESTABLISHED or h.session != self.session:
-                raise pk.WireError("unknown-session")
-            if not pk.check_tag(data, self.key):
-                raise pk.WireError("bad-tag")
-            err = pk.decode_error(pk.payload(data, h))
-            self.state = State.CLOSED
-            return [SessionError(err.code, err.message)]
-        if t in (PacketType.COOKIE, PacketType.ACCEPT, PacketType.ERROR):
+        if t in (PacketType.COOKIE, PacketType.ACCEPT) or (
+                t is PacketType.ERROR and self.state is not State.ESTABLISHED):
             return self._handshake(h, data, now)
         if self.state is not State.ESTABLISHED or h.session != self.session:
             raise pk.WireError("unknown-session")
-        if not pk.check_tag(data, self.key):
-            raise pk.WireError("bad-tag")
+        data = pk.open_packet(data, self.rx_key)
+        if t not in (PacketType.PONG, PacketType.BYE, PacketType.ERROR):
+            raise pk.WireError("unexpected-type")
+        if not self.ctl_replay.check_and_mark(h.seq):  # a replayed PONG, BYE or ERROR
+            raise pk.WireError("replay")
         if t is PacketType.PONG:
             return [Pong(int(now * 1e9) - pk.decode_pong(pk.payload(data, h)))]
+        self.state = State.CLOSED
         if t is PacketType.BYE:
-            self.state = State.CLOSED
             return [ServerBye(pk.decode_bye(pk.payload(data, h)))]
-        raise pk.WireError("unexpected-type")
+        err = pk.decode_error(pk.payload(data, h))
+        return [SessionError(err.code, err.message)]
 
     def _handshake(self, h: pk.Header, data: bytes, now: float) -> list:
-        if not pk.check_tag(data, self.hkey):
-            raise pk.WireError("bad-tag")
         body = pk.payload(data, h)
         t = h.type
         if t is PacketType.COOKIE and self.state is State.HELLO_SENT:
-            if len(body) != 32:
-                raise pk.WireError("bad-cookie")
-            self._cookie = bytes(body)
+            pk.open_packet(data, cookie_key(self.nonce))  # bound to our nonce
+            cookie, salt = pk.decode_cookie(body)
+            root = self._roots.get(salt)
+            if root is None:
+                root = self._roots[salt] = self.credential.root(salt)
+            self._cookie, self._hk = cookie, handshake_keys(root, self.nonce, salt)
+            self._root = root
             self.state = State.COOKIE_SENT
             self._tries = 0
             return [("send", self._hello(now))]
-        if t is PacketType.ACCEPT and self.state is State.COOKIE_SENT:
+        if self.state is not State.COOKIE_SENT or self._hk is None:
+            raise pk.WireError("unexpected-type")
+        pk.open_packet(data, self._hk.s2c)  # bound to our nonce and the key
+        if t is PacketType.ACCEPT:
             acc = pk.decode_accept(body)
             self.accept, self.session = acc, h.session
-            self.key = session_key(self.psk, self.nonce, acc.server_nonce, h.session)
+            keys = session_keys(self._root, self.nonce, acc.server_nonce, h.session,
+                                encrypt=bool(acc.features & Features.ENCRYPT))
+            self.key, self.rx_key = keys.c2s, keys.s2c
             self.state = State.ESTABLISHED
             # the server names the rate and channels it separates; the client converts
             self.sample_rate, self.channels = acc.sample_rate, acc.channels
             self._writer = pk.MediaWriter(acc.block_frames, acc.channels, acc.format)
             self.granted = acc.features & self.features
+            if self.encrypt and not acc.features & Features.ENCRYPT:
+                return [("send", self.bye(now)),
+                        Rejected(0, "the server does not offer encryption (it needs the "
+                                    "`cryptography` package: pip install 'stemlink[server]')")]
             if self.redundancy:
                 self._fec_up = RedundancyEncoder(acc.block_frames, self._writer.payload_len)
             return [Accepted(acc, h.session)]
-        if t is PacketType.ERROR and self.state in (State.HELLO_SENT, State.COOKIE_SENT):
+        if t is PacketType.ERROR:
             err = pk.decode_error(body)
             self.state = State.CLOSED
             return [Rejected(err.code, err.message)]
@@ -258,11 +292,16 @@ class ClientCore:
         self.seq = (self.seq + 1) & 0xFFFFFFFF
         return [d, p]
 
+    def _control(self, t: PacketType, body: bytes, now: float) -> bytes:
+        # PING and BYE share the client's control stream: seq +1 each (replay window)
+        d = pk.encode(pk.Header(t, 0, self.session, self.ctl_seq, 0, int(now * 1e9)), body,
+                      self.key)
+        self.ctl_seq = (self.ctl_seq + 1) & 0xFFFFFFFF
+        return d
+
     def ping(self, now: float) -> bytes:
-        return pk.encode(pk.Header(PacketType.PING, 0, self.session, 0, 0, int(now * 1e9)),
-                         b"", self.key)
+        return self._control(PacketType.PING, b"", now)
 
     def bye(self, now: float) -> bytes:
         self.state = State.CLOSED
-        return pk.encode(pk.Header(PacketType.BYE, 0, self.session, 0, 0, int(now * 1e9)),
-                         pk.encode_bye(), self.key)
+        return self._control(PacketType.BYE, pk.encode_bye(), now)

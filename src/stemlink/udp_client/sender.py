@@ -43,7 +43,9 @@ class SendOptions:
     realtime: bool = True
     block: int = 256
     fmt: SampleFormat = SampleFormat.S16LE
-    psk: bytes = b""
+    psk: bytes = b""  # a passphrase
+    key: bytes = b""  # 32 bytes from a key file
+    encrypt: bool = False  # ask for ChaCha20-Poly1305 (refuse the session without it)
     jitter_ms: float = 60.0  # playout budget: stems arriving later count as late
     hop_frames: int | None = None
     lookahead: int | None = None
@@ -133,7 +135,8 @@ async def send_file(opts: SendOptions) -> SendReport:
     core = ClientCore(sample_rate=file_sr, channels=min(file_ch, 2), block=opts.block,
                       fmt=opts.fmt, preset=opts.preset, hop_frames=opts.hop_frames,
                       lookahead=opts.lookahead, synthesis=opts.synthesis, psk=opts.psk,
-                      first_seq=opts.first_seq, playout_ms=playout_ms,
+                      key=opts.key, encrypt=opts.encrypt, first_seq=opts.first_seq,
+                      playout_ms=playout_ms,
                       features=int(Features.REDUNDANCY) if opts.redundancy else 0)
     cpu0 = time.process_time()
     state = _Receiver()

@@ -3,7 +3,8 @@ out; `next_timer()`/`on_timer(now)` for the reorder windows and idle timeouts.
 
 It validates, authenticates and routes packets; it never raises on a datagram: anything
 malformed is dropped silently and counted by reason. Before an address has echoed a
-cookie, the server sends it no more bytes than it received (COOKIE <= HELLO).
+cookie, the server sends it no more bytes than it received (COOKIE <= HELLO). Cookies are
+single-use and live exactly COOKIE_LIFETIME_MS; admission limits live in limits.py.
 
 Ownership: a Session (below) is the network side of a session and belongs to the event
 loop; its Stream (separator, STEM encoder) is handed to the worker in an OpenStream
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import json
 import logging
 import math
 import os
@@ -26,13 +28,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stemlink.udp_server.limits import LimitConfig, Limits, TokenBucket
 from stemlink.udp_server.reorder import Released as Arrived
 from stemlink.udp_server.reorder import ReorderBuffer
 from stemlink.udp_server.ring import InputRing
 from stemlink.udp_server.stream import Job, Stream, playout_seconds
 from stemlink.udp_server.worker import CloseStream, Message, OpenStream
 from stemlink.wire import packets as pk
-from stemlink.wire.auth import handshake_key, session_key
+from stemlink.wire.auth import (
+    SALT_SIZE,
+    Aead,
+    Credential,
+    cookie_key,
+    handshake_keys,
+    public_key,
+    session_keys,
+)
 from stemlink.wire.constants import (
     BLOCK_FRAMES,
     COOKIE_SIZE,
@@ -54,7 +65,10 @@ from stemlink.wire.seq import ReplayWindow, seq_gt
 log = logging.getLogger("stemlink.server")
 
 Addr = tuple[Any, ...]
-COOKIE_LIFETIME_S = 10
+COOKIE_LIFETIME_MS = 10_000  # exact: issue times are milliseconds
+COOKIE_LIFETIME_S = COOKIE_LIFETIME_MS / 1000
+ACCEPT_RESENDS = 12  # answers to retransmitted HELLOs per session (the client's tries)
+MAX_USED_COOKIES = 65536  # single-use memory; beyond it new handshakes wait (counted)
 REORDER_MS = 10.0  # default input reorder window: > one 256-frame block (5.8 ms) + jitter
 PLAYOUT_MS = 200.0  # default playout budget for clients that state none
 PENDING_S = 1.0  # per-session bound on input waiting for the worker, in audio time
@@ -129,7 +143,7 @@ class Session:
 
     id: int
     addr: Addr
-    key: bytes
+    key: bytes | Aead  # server -> client (STEM, PONG, BYE, ERROR); rx_key is the other way
     client_nonce: bytes
     server_nonce: bytes
     block: int
@@ -147,6 +161,12 @@ class Session:
     fec_in: RedundancyDecoder | None = None  # redundancy granted: repairs AUDIO from parity
     closed: bool = False
     counters: Counter = field(default_factory=Counter)
+    # --- security (issue 10): per-direction keys, control-stream replay, input bound
+    rx_key: bytes | Aead = b""  # client -> server (AUDIO, PING, BYE)
+    ctl_replay: ReplayWindow = field(default_factory=lambda: ReplayWindow(64))  # PING, BYE
+    ctl_seq: int = 0  # seq of the server's next PONG/BYE/ERROR
+    budget: TokenBucket | None = None  # input rate bound (None: archival, queue-bounded)
+    accept_resends: int = 0
 
     @property
     def archival(self) -> bool:
@@ -158,17 +178,24 @@ class ServerCore:
                  channels: int, make_stream: Callable[[StreamRequest], StreamSetup],
                  psk: bytes = b"", max_sessions: int = 8, idle_timeout: float = 10.0,
                  secret: bytes | None = None, reorder_ms: float = REORDER_MS,
-                 playout_ms: float = PLAYOUT_MS) -> None:
+                 playout_ms: float = PLAYOUT_MS, credential: Credential | None = None,
+                 limits: LimitConfig | None = None) -> None:
         self.stems = list(card_stems)
         self.model_name = model_name
         self.sample_rate = sample_rate
         self.channels = channels
         self.make_stream = make_stream
-        self.psk = psk
-        self.hkey = handshake_key(psk)
-        self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self.secret = secret or secrets.token_bytes(32)
+        # --- security (issue 10): root key (a passphrase is stretched once, here), limits
+        self.credential = credential or Credential(passphrase=psk)
+        self.salt = os.urandom(SALT_SIZE)
+        self.root = self.credential.root(self.salt)
+        self.limits = Limits(limits or LimitConfig(max_sessions=max_sessions))
+        self.max_sessions = self.limits.config.max_sessions
+        self.required_features = 0  # features a HELLO must ask for (serve --encrypt)
+        self.used_cookies: dict[bytes, Session | None] = {}  # single use, until expiry
+        self._cookie_expiry: deque[tuple[float, bytes]] = deque()
         self.features = int(Features.REDUNDANCY)  # optional features this server grants
         self.reorder_ms = reorder_ms  # input reorder window, stated in ACCEPT
         self.playout_ms = playout_ms
@@ -191,6 +218,7 @@ class ServerCore:
         except pk.WireError as e:
             self._drop(e.reason)
             return
+        self.counters[f"rx_{h.type.name.lower()}"] += 1
         try:
             if h.type is PacketType.HELLO:
                 self._on_hello(h, data, addr, now)
@@ -281,61 +309,93 @@ class ServerCore:
             return
         s, why, now = ending
         c, w = s.counters, counters
-        log.info(
-            "session %08x %s ended (%s) after %.1f s: audio %d, stems %d, dropped %d "
-            "(replay %d, late %d, overload %d), reorder gaps %d, restarts %d; worker: "
-            "inferences %d, skipped %d, concealed input blocks %d, gaps jumped %d, "
-            "concealed output blocks %d, stale blocks %d",
-            s.id, _fmt(s.addr), why, now - s.started, c["audio"], c["stem_packets"],
-            c["dropped"], c["replay"], c["late"], c["overload"], s.reorder.gaps,
-            c["restarts"], w.get("inferences", 0), w.get("skipped_inferences", 0),
-            w.get("concealed_input_blocks", 0), w.get("gap_jumps", 0),
-            w.get("concealed_blocks", 0), w.get("stale_blocks", 0))
+        log.info(session_log_line(
+            "session_end", s, reason=why, seconds=round(now - s.started, 1),
+            audio=c["audio"], stem_packets=c["stem_packets"], dropped=c["dropped"],
+            replay=c["replay"], late=c["late"], overload=c["overload"],
+            input_rate=c["input_rate"], reorder_gaps=s.reorder.gaps, restarts=c["restarts"],
+            inferences=w.get("inferences", 0), skipped=w.get("skipped_inferences", 0),
+            concealed_input_blocks=w.get("concealed_input_blocks", 0),
+            gaps_jumped=w.get("gap_jumps", 0), concealed_blocks=w.get("concealed_blocks", 0),
+            stale_blocks=w.get("stale_blocks", 0)))
 
     # ---------------------------------------------------------------- handshake
-    def _cookie(self, addr: Addr, nonce: bytes, t: int) -> bytes:
-        mac = hashlib.blake2s(_addr_bytes(addr) + nonce + t.to_bytes(4, "big"),
+    def _cookie(self, addr: Addr, nonce: bytes, t_ms: int) -> bytes:
+        mac = hashlib.blake2s(_addr_bytes(addr) + nonce + t_ms.to_bytes(4, "big"),
                               key=self.secret, digest_size=COOKIE_SIZE - 4).digest()
-        return t.to_bytes(4, "big") + mac
+        return t_ms.to_bytes(4, "big") + mac
 
     def _cookie_ok(self, cookie: bytes, addr: Addr, nonce: bytes, now: float) -> bool:
-        t = int.from_bytes(cookie[:4], "big")
-        age = int(now) - t
-        if not 0 <= age <= COOKIE_LIFETIME_S:
+        t_ms = int.from_bytes(cookie[:4], "big")
+        age_ms = (_ms(now) - t_ms) % (1 << 32)  # the ms clock wraps every 49 days
+        if age_ms > COOKIE_LIFETIME_MS:
             return False
-        return hmac.compare_digest(self._cookie(addr, nonce, t), cookie)
+        return hmac.compare_digest(self._cookie(addr, nonce, t_ms), cookie)
+
+    def _use_cookie(self, cookie: bytes, s: Session | None, now: float) -> None:
+        """Remember a cookie until it expires: a second HELLO with it opens nothing."""
+        self.used_cookies[cookie] = s
+        self._cookie_expiry.append((now + COOKIE_LIFETIME_S + 1.0, cookie))
+        while self._cookie_expiry and self._cookie_expiry[0][0] < now:
+            self.used_cookies.pop(self._cookie_expiry.popleft()[1], None)
 
     def _on_hello(self, h: pk.Header, data: bytes, addr: Addr, now: float) -> None:
         if h.session != 0:
             return self._drop("hello-with-session")
-        if not pk.check_tag(data, self.hkey):
-            return self._drop("bad-tag")
+        if not self.limits.allow_handshake(addr[0], now):
+            return self._drop("handshake-rate")
         hello = pk.decode_hello(pk.payload(data, h))
         if hello.cookie == bytes(COOKIE_SIZE):
+            # stateless: the reply is bound to the client's nonce and never larger than the
+            # HELLO, so a spoofed source gets no amplification
+            if not pk.check_tag(data, public_key()):
+                return self._drop("bad-tag")
             reply = pk.encode(
                 pk.Header(PacketType.COOKIE, 0, 0, 0, 0, h.send_time),
-                self._cookie(addr, hello.nonce, int(now)), self.hkey)
+                pk.encode_cookie(self._cookie(addr, hello.nonce, _ms(now)), self.salt),
+                cookie_key(hello.nonce))
             if len(reply) <= len(data):  # anti-amplification, by construction
                 self.outbox.append((reply, addr))
                 self.counters["cookies"] += 1
             return None
         if not self._cookie_ok(hello.cookie, addr, hello.nonce, now):
             return self._drop("bad-cookie")
-        existing = self.by_nonce.get((addr, hello.nonce))
-        if existing is not None:  # a retransmitted HELLO: same answer
-            self.outbox.append((existing.accept_packet, addr))
-            return None
+        hk = handshake_keys(self.root, hello.nonce, self.salt)
+        if not pk.check_tag(data, hk.c2s):
+            return self._drop("bad-tag")
+        if hello.cookie in self.used_cookies:
+            s = self.used_cookies[hello.cookie]
+            if s is not None and not s.closed and s.accept_resends < ACCEPT_RESENDS:
+                # a retransmitted HELLO (our ACCEPT was lost): the same answer, no new state
+                s.accept_resends += 1
+                self.outbox.append((s.accept_packet, addr))
+                self.counters["accept_resent"] += 1
+                return None
+            return self._drop("cookie-reused")
+        if len(self.used_cookies) >= MAX_USED_COOKIES:
+            return self._drop("cookie-table-full")
+        self._use_cookie(hello.cookie, None, now)
+        self.counters["accepted_hello"] += 1
         problem = self._check_request(hello)
+        if not problem and hello.features & self.required_features != self.required_features:
+            problem = "this server requires encryption: connect with --encrypt"
         if problem:
-            return self._error(addr, h, ErrorCode.BAD_REQUEST, problem)
-        if len(self.sessions) >= self.max_sessions:
+            return self._error(addr, h, ErrorCode.BAD_REQUEST, problem, hk.s2c)
+        refused = self.limits.refuse_open(addr[0], [s.addr[0] for s in self.sessions.values()])
+        if refused == "server-full":
+            self.counters["refused_server_full"] += 1
             return self._error(addr, h, ErrorCode.SERVER_FULL,
-                               f"server full ({self.max_sessions} sessions)")
+                               f"server full ({self.max_sessions} sessions)", hk.s2c)
+        if refused == "per-address":
+            self.counters["refused_per_address"] += 1
+            return self._error(addr, h, ErrorCode.ADDRESS_LIMIT,
+                               f"too many sessions from {addr[0]} "
+                               f"({self.limits.config.sessions_per_address})", hk.s2c)
         try:
             setup = self.make_stream(StreamRequest.from_hello(hello))
         except Exception as e:  # the engine refused the configuration
-            return self._error(addr, h, ErrorCode.BAD_REQUEST, str(e)[:150])
-        self._open(hello, setup, addr, h, now)
+            return self._error(addr, h, ErrorCode.BAD_REQUEST, str(e)[:150], hk.s2c)
+        self.used_cookies[hello.cookie] = self._open(hello, setup, addr, h, now, hk.s2c)
         return None
 
     def _check_request(self, hello: pk.Hello) -> str:
@@ -356,21 +416,24 @@ class ServerCore:
         return ""
 
     def _open(self, hello: pk.Hello, setup: StreamSetup, addr: Addr, h: pk.Header,
-              now: float) -> None:
+              now: float, accept_key: bytes) -> Session:
         sid = 0
         while sid == 0 or sid in self.sessions:
             sid = int.from_bytes(os.urandom(4), "big")
         snonce = os.urandom(16)
-        key = session_key(self.psk, hello.nonce, snonce, sid)
+        granted = hello.features & self.features
+        keys = session_keys(self.root, hello.nonce, snonce, sid,
+                            encrypt=bool(granted & Features.ENCRYPT))
+        key = keys.s2c  # the worker seals STEM packets with it
         accept = pk.Accept(self.sample_rate, hello.block_frames, self.channels, hello.format,
                            PRESET_CODES.get(setup.preset, 0), setup.hop_frames,
                            setup.lookahead, SYNTHESIS_CODES[setup.synthesis], setup.delay,
                            setup.synthesis_hop, setup.mask_hold,
-                           hello.features & self.features, math.ceil(self.reorder_ms), snonce,
+                           granted, math.ceil(self.reorder_ms), snonce,
                            self.model_name,
                            tuple(self.stems))
         packet = pk.encode(pk.Header(PacketType.ACCEPT, 0, sid, 0, 0, h.send_time),
-                           pk.encode_accept(accept), self.hkey)
+                           pk.encode_accept(accept), accept_key)
         playout_s = playout_seconds(hello.playout_ms, self.playout_ms)
         # everything the session's hot path touches is allocated here, once
         ring = InputRing(self.channels, hello.block_frames, PENDING_S, self.sample_rate)
@@ -380,6 +443,9 @@ class ServerCore:
                     SampleFormat(hello.format), setup, packet, now, now, ring,
                     ReorderBuffer(hello.block_frames, wait_s, horizon),
                     MediaClock(self.sample_rate), playout_s)
+        s.rx_key = keys.c2s
+        s.budget = self.limits.input_budget(self.sample_rate, hello.block_frames,
+                                            hello.playout_ms != pk.ARCHIVAL, now)
         redundancy = bool(hello.features & self.features & Features.REDUNDANCY)
         if redundancy:  # repaired blocks join the reorder window like arrivals
             s.fec_in = RedundancyDecoder(hello.block_frames)
@@ -392,17 +458,35 @@ class ServerCore:
         self.sessions[sid] = s
         self.by_nonce[(addr, hello.nonce)] = s
         self.outbox.append((packet, addr))
-        log.info("session %08x %s started: preset %s H=%d L=%d %s, D=%d samples (%.1f ms), "
-                 "block %d, reorder window %g ms, playout budget %s", sid, _fmt(addr),
-                 setup.preset, setup.hop_frames, setup.lookahead, setup.synthesis,
-                 setup.delay, 1000 * setup.delay / self.sample_rate, hello.block_frames,
-                 self.reorder_ms, "archival" if s.archival else f"{1000 * playout_s:g} ms")
+        log.info(session_log_line(
+            "session_start", s, preset=setup.preset, H=setup.hop_frames,
+            L=setup.lookahead, synthesis=setup.synthesis, delay=setup.delay,
+            delay_ms=round(1000 * setup.delay / self.sample_rate, 1),
+            block=hello.block_frames, reorder_ms=self.reorder_ms,
+            playout_ms="archival" if s.archival else round(1000 * playout_s),
+            features=granted, encrypted=bool(granted & Features.ENCRYPT),
+            key=self.credential.kind))
+        return s
 
-    def _error(self, addr: Addr, h: pk.Header, code: ErrorCode, msg: str) -> None:
-        # only after the cookie proved the address, so a reply is not an amplifier
-        self.outbox.append((pk.encode(pk.Header(PacketType.ERROR, 0, 0, 0, 0, h.send_time),
-                                      pk.encode_error(code, msg), self.hkey), addr))
+    def _error(self, addr: Addr, h: pk.Header, code: ErrorCode, msg: str,
+               key: bytes | None = None) -> None:
+        """ERROR, only ever to an address that proved itself: during the handshake (after
+        the cookie) tagged with the handshake key bound to the client's nonce (`key`); for
+        a session's packet, with the session's own key, on its control stream."""
+        body = pk.encode_error(code, msg)
+        s = self.sessions.get(h.session) if h.session else None
+        if key is None:
+            if s is None or s.addr != addr:
+                return self._drop("error-without-key")
+            self.outbox.append((pk.encode(
+                pk.Header(PacketType.ERROR, 0, s.id, s.ctl_seq, 0, h.send_time), body,
+                s.key), addr))
+            s.ctl_seq = (s.ctl_seq + 1) & 0xFFFFFFFF
+        else:
+            self.outbox.append((pk.encode(
+                pk.Header(PacketType.ERROR, 0, 0, 0, 0, h.send_time), body, key), addr))
         self.counters[f"error_{code.name.lower()}"] += 1
+        return None
 
     # ---------------------------------------------------------------- sessions
     def _on_session_packet(self, h: pk.Header, data: bytes, addr: Addr, now: float) -> None:
@@ -411,12 +495,19 @@ class ServerCore:
             return self._drop("unknown-session")
         if s.addr != addr:
             return self._drop("wrong-address")
-        if not pk.check_tag(data, s.key):
-            return self._drop("bad-tag")
+        data = pk.open_packet(data, s.rx_key)  # WireError bad-tag; decrypted under AEAD
         if h.type is PacketType.AUDIO:
             fresh = s.replay.top is None or seq_gt(h.seq, s.replay.top)
             if not s.replay.check_and_mark(h.seq):
                 return self._drop_session(s, "replay", "replay")
+        # --- security (issue 10): control-stream replay window, input rate bound
+        elif not s.ctl_replay.check_and_mark(h.seq):
+            return self._drop_session(s, "replay", "replay")
+        if s.budget is not None and not s.budget.take(now):
+            return self._drop_session(s, "input-rate", "input_rate")
+        self.counters[f"accepted_{h.type.name.lower()}"] += 1
+        # ---
+        if h.type is PacketType.AUDIO:
             self._on_audio(s, h, data, fresh, now)
             return None
         s.last_rx = now  # only packets that passed every check refresh the session
@@ -494,8 +585,10 @@ class ServerCore:
         self.close(s, "protocol-error", now, error=(ErrorCode.PROTOCOL, message))
 
     def _send_session(self, s: Session, t: PacketType, body: bytes, now: float) -> None:
-        self.outbox.append((pk.encode(pk.Header(t, 0, s.id, 0, 0, int(now * 1e9)), body,
-                                      s.key), s.addr))
+        # PONG, BYE and ERROR share the server's control stream: seq +1 each (replay window)
+        self.outbox.append((pk.encode(pk.Header(t, 0, s.id, s.ctl_seq, 0, int(now * 1e9)),
+                                      body, s.key), s.addr))
+        s.ctl_seq = (s.ctl_seq + 1) & 0xFFFFFFFF
 
     def _drop(self, reason: str) -> None:
         self.counters["dropped"] += 1
@@ -511,6 +604,20 @@ class ServerCore:
 
 def _addr_bytes(addr: Addr) -> bytes:
     return f"{addr[0]}|{addr[1]}".encode()
+
+
+def _fmt(addr: Addr) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
+def _ms(now: float) -> int:
+    return int(now * 1000) & 0xFFFFFFFF
+
+
+def session_log_line(event: str, s: Session, **fields: Any) -> str:
+    """One structured (JSON) log line per session event, for operators' log pipelines."""
+    return json.dumps({"event": event, "session": f"{s.id:08x}", "addr": s.addr[0],
+                       "port": s.addr[1], **fields}, separators=(",", ":"))
 
 
 def _fmt(addr: Addr) -> str:

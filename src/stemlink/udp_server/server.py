@@ -9,6 +9,7 @@ idle sessions and watches the worker thread.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
@@ -18,12 +19,15 @@ from dataclasses import dataclass
 
 from stemlink.engine.families import describe_config
 from stemlink.engine.session import Engine, open_engine
+from stemlink.errors import StemlinkError
 from stemlink.loop import run_loop
 from stemlink.sockets import udp_socket
 from stemlink.udp_server.core import PLAYOUT_MS, REORDER_MS, ServerCore, StreamRequest, StreamSetup
+from stemlink.udp_server.limits import LimitConfig
 from stemlink.udp_server.status import ServerSample, ServerStatus
 from stemlink.udp_server.worker import Failed, Output, Released, Report, Worker
-from stemlink.wire.constants import ErrorCode
+from stemlink.wire.auth import Credential, aead_available
+from stemlink.wire.constants import ErrorCode, Features, PacketType
 
 log = logging.getLogger("stemlink.server")
 EXPIRE_EVERY_S = 0.5
@@ -38,11 +42,46 @@ class ServeOptions:
     preset: str = "monitor"
     max_sessions: int = 8
     idle_timeout: float = 10.0
-    psk: bytes = b""
+    psk: bytes = b""  # a passphrase (stretched with scrypt)
     compute_stats: str | None = None  # write per-block compute times here at exit (benches)
+    # --- security and operations (issue 10)
+    key: bytes = b""  # 32 bytes from a key file
+    insecure: bool = False  # allow a non-loopback address without a key
+    encrypt: bool = False  # require ChaCha20-Poly1305 on every session
+    limits: LimitConfig | None = None  # None: defaults, with max_sessions above
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     reorder_ms: float = REORDER_MS
     playout_ms: float = PLAYOUT_MS
     status_interval: float = 0.0  # seconds between status log lines; 0 = none
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address `host` resolves to is a loopback address."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except OSError:
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(i[4][0].split("%", 1)[0]).is_loopback for i in infos)
+
+
+def check_exposure(host: str, credential: Credential, insecure: bool) -> str | None:
+    """The refusal for an open server on a network address, or None. Loopback without a
+    key stays allowed (the demo, tests)."""
+    if credential.keyed or is_loopback(host):
+        return None
+    if insecure:
+        return None
+    return (f"refusing to serve on {host} without a key: anyone who can reach it could use "
+            f"it. Make one with `stemlink keygen KEYFILE` and pass --key-file KEYFILE to "
+            f"serve and to clients (or --insecure to serve openly anyway)")
+
+
+INSECURE_WARNING = (
+    "WARNING: serving on {host} WITHOUT A KEY (--insecure): anyone who can reach this port "
+    "can open sessions and use this machine's compute; packets are protected against "
+    "corruption only. Use --key-file for anything but a trusted, isolated network.")
 
 
 def make_stream_factory(engine: Engine, default_preset: str):
@@ -56,11 +95,15 @@ def make_stream_factory(engine: Engine, default_preset: str):
     return make
 
 
+_TYPE_NAMES = {int(t): t.name.lower() for t in PacketType}
+
+
 class ServerProtocol(asyncio.DatagramProtocol):
     def __init__(self, core: ServerCore, worker: Worker) -> None:
         self.core, self.worker = core, worker
         self.transport: asyncio.DatagramTransport | None = None
         self.send_errors = 0
+        self.tx_by_type: dict[str, int] = {}  # metrics: datagrams sent, by type
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -110,11 +153,15 @@ class ServerProtocol(asyncio.DatagramProtocol):
     def send_many(self, datagrams: list[bytes], addr) -> None:
         if self.transport is None or self.transport.is_closing():
             return
+        tx = self.tx_by_type
         for d in datagrams:
             try:
                 self.transport.sendto(d, addr)
             except OSError:
                 self.send_errors += 1
+                continue
+            name = _TYPE_NAMES.get(d[3], "other")
+            tx[name] = tx.get(name, 0) + 1
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors etc.: count, go on
         self.send_errors += 1
@@ -125,15 +172,44 @@ class Server:
 
     def __init__(self, opts: ServeOptions, engine: Engine | None = None) -> None:
         self.opts = opts
+        credential = Credential(key=opts.key, passphrase=opts.psk)
+        refusal = check_exposure(opts.host, credential, opts.insecure)
+        if refusal:
+            raise StemlinkError(refusal)
+        if opts.encrypt and not aead_available():
+            raise StemlinkError("--encrypt needs the `cryptography` package: "
+                                "pip install 'stemlink[server]'")
         self.engine = engine or open_engine(opts.model, opts.backend)
         card = self.engine.card
+        limits = opts.limits or LimitConfig(max_sessions=opts.max_sessions)
         self.core = ServerCore(
             card_stems=card.stems, model_name=card.name, sample_rate=card.sample_rate,
             channels=card.channels, make_stream=make_stream_factory(self.engine, opts.preset),
-            psk=opts.psk, max_sessions=opts.max_sessions, idle_timeout=opts.idle_timeout,
+            idle_timeout=opts.idle_timeout, credential=credential, limits=limits,
             reorder_ms=opts.reorder_ms, playout_ms=opts.playout_ms)
-        self.sock = udp_socket(opts.host, opts.port, bind=True)
+        if aead_available():
+            self.core.features |= Features.ENCRYPT
+        if opts.encrypt:
+            self.core.required_features |= Features.ENCRYPT
+        self.open_warning = (INSECURE_WARNING.format(host=opts.host)
+                             if not credential.keyed and not is_loopback(opts.host) else "")
+        try:
+            self.sock = udp_socket(opts.host, opts.port, bind=True)
+        except OSError:
+            self.engine.close()
+            raise
         self.address = self.sock.getsockname()
+        self.heartbeat = time.monotonic()  # the loop's last tick (for /healthz)
+        self.metrics = None
+        if opts.metrics_port is not None:
+            from stemlink.udp_server.metrics import MetricsServer
+
+            try:
+                self.metrics = MetricsServer(self, opts.metrics_host, opts.metrics_port)
+            except StemlinkError:
+                self.sock.close()
+                self.engine.close()
+                raise
         self.protocol: ServerProtocol | None = None
         self.worker: Worker | None = None
         self._stop: asyncio.Event | None = None
@@ -143,12 +219,19 @@ class Server:
         cfg = self.engine.config(self.opts.preset)
         delay = self.engine.latency(cfg).describe()
         rcv = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        lim = self.core.limits.config
+        enc = ("required" if self.opts.encrypt else "offered"
+               if self.core.features & Features.ENCRYPT else "unavailable")
+        metrics = (f"; metrics on http://{self.metrics.address[0]}:{self.metrics.address[1]}"
+                   f"/metrics" if self.metrics is not None else "")
         return (f"stemlink serving {self.engine.card.name} on {self.address[0]}:"
                 f"{self.address[1]} ({self.engine.backend.name}); default preset "
                 f"{self.opts.preset}: {describe_config(cfg)}, "
-                f"{delay}; input reorder window {self.opts.reorder_ms:g} ms; max "
-                f"{self.opts.max_sessions} sessions, idle timeout "
-                f"{self.opts.idle_timeout:g} s, SO_RCVBUF {rcv} bytes")
+                f"{delay}; input reorder window {self.opts.reorder_ms:g} ms; key: "
+                f"{self.core.credential.kind}, encryption {enc}; max "
+                f"{lim.max_sessions} sessions, {lim.sessions_per_address} per address, "
+                f"handshakes {lim.handshake_rate:g}/s per address; idle "
+                f"timeout {self.opts.idle_timeout:g} s, SO_RCVBUF {rcv} bytes{metrics}")
 
     async def run(self, install_signals: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -167,6 +250,11 @@ class Server:
         self.protocol = protocol
         worker.start()
         status, next_status = ServerStatus(), time.monotonic()
+        if self.metrics is not None:
+            worker.observe = self.metrics.observer()
+            self.metrics.start()
+        if self.open_warning:
+            log.warning(self.open_warning)
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -186,7 +274,10 @@ class Server:
                     line = status.update(self.status_sample(now))
                     if line:
                         log.info("%s", line)
+                self.heartbeat = time.monotonic()
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             self.core.shutdown(time.monotonic())
             protocol.flush()
             stopped = worker.stop()
@@ -229,6 +320,8 @@ class Server:
         worker = Worker(report)
         protocol.worker = worker
         self.worker = worker
+        if self.metrics is not None:
+            worker.observe = self.metrics.observer()
         worker.start()
         return worker
 

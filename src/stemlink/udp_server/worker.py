@@ -64,6 +64,7 @@ class Worker:
         self.scheduler = Scheduler()
         self.compute_ns: list[int] = []  # per processed job, for benchmarks
         self.busy_ns = 0  # time spent processing, for utilisation
+        self.observe: Callable[[float], None] | None = None  # metrics: seconds per job
         self.errors = 0
         self._thread = threading.Thread(target=self._run, name="stemlink-worker", daemon=True)
 
@@ -137,5 +138,7 @@ class Worker:
         self.busy_ns += dt
         if len(self.compute_ns) < 1_000_000:
             self.compute_ns.append(dt)
+        if self.observe is not None:
+            self.observe(dt / 1e9)
         if datagrams:
             self.report(Output(st.session, datagrams))

@@ -65,6 +65,7 @@ class ErrorCode(IntEnum):
     OVERLOADED = 5
     PROTOCOL = 6  # the session broke the protocol (e.g. AUDIO not in the negotiated format)
     INTERNAL = 7  # the server failed while processing the session
+    ADDRESS_LIMIT = 8  # too many sessions from the client's address
 
 
 class ByeReason(IntEnum):

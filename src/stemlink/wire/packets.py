@@ -1,4 +1,4 @@
-"""Packet layout v1: a 36-byte header (network byte order), a payload, a 16-byte tag.
+"""Packet layout v2: a 36-byte header (network byte order), a payload, a 16-byte tag.
 
 Every decode checks bounds and ranges and raises WireError (with a short `reason` slug
 for counters) on anything malformed; it never raises anything else on arbitrary bytes.
@@ -165,15 +165,23 @@ def check_tag(data: bytes | memoryview, key: bytes) -> bool:
     return auth.verify_view(key, mv[:-TAG_SIZE], mv[-TAG_SIZE:])
 
 
+def open_packet(data: bytes, key: bytes | auth.Aead) -> bytes:
+    """The packet with its payload authenticated (and decrypted, under AEAD); WireError
+    "bad-tag" if it fails."""
+    out = auth.open_packet(key, data)
+    if out is None:
+        raise WireError("bad-tag")
+    return out
+
+
 # --------------------------------------------------------------------------- whole packets
-def encode(h: Header, body: bytes, key: bytes) -> bytes:
+def encode(h: Header, body: bytes, key: bytes | auth.Aead) -> bytes:
     if len(body) > MAX_PAYLOAD:
         raise WireError("bad-length", f"payload {len(body)} > {MAX_PAYLOAD}")
     buf = bytearray(HEADER_SIZE + len(body) + TAG_SIZE)
     pack_header(buf, _with_len(h, len(body)))
     buf[HEADER_SIZE:HEADER_SIZE + len(body)] = body
-    buf[-TAG_SIZE:] = auth.tag(key, memoryview(buf)[:-TAG_SIZE])
-    return bytes(buf)
+    return auth.seal(key, buf)
 
 
 def _with_len(h: Header, n: int) -> Header:
@@ -256,6 +264,20 @@ def decode_accept(p: memoryview | bytes) -> Accept:
                   reorder_ms, nonce, names[0], tuple(names[1:]))
 
 
+def encode_cookie(cookie: bytes, salt: bytes) -> bytes:
+    if len(cookie) != COOKIE_SIZE or len(salt) != auth.SALT_SIZE:
+        raise WireError("bad-cookie", "cookie or salt size")
+    return cookie + salt
+
+
+def decode_cookie(p: memoryview | bytes) -> tuple[bytes, bytes]:
+    """COOKIE payload: (cookie to echo in the next HELLO, the server's passphrase salt)."""
+    if len(p) != COOKIE_SIZE + auth.SALT_SIZE:
+        raise WireError("bad-cookie", f"{len(p)} bytes")
+    p = bytes(p)
+    return p[:COOKIE_SIZE], p[COOKIE_SIZE:]
+
+
 def encode_pong(echo_ns: int) -> bytes:
     return _PONG.pack(echo_ns)
 
@@ -320,7 +342,7 @@ class MediaWriter:
         self._tag_at = len(self.buf) - TAG_SIZE
 
     def write(self, ptype: PacketType, samples: np.ndarray, *, session: int, seq: int,
-              timestamp: int, send_time: int, key: bytes, stem: int = 0,
+              timestamp: int, send_time: int, key: bytes | auth.Aead, stem: int = 0,
               flags: int = 0) -> bytes:
         """samples: float32 [channels, frames]; s16 scales by 32768, rounds half to even
         and saturates."""
@@ -335,8 +357,10 @@ class MediaWriter:
         _HEADER.pack_into(self.buf, 0, MAGIC, VERSION, ptype, flags, stem, self.channels,
                           self.format, session, seq, timestamp, send_time, self.frames,
                           self.payload_len)
-        self.buf[self._tag_at:] = auth.tag(key, self._signed)
-        return bytes(self.buf)
+        if isinstance(key, bytes):  # the common case: a keyed tag over the reused buffer
+            self.buf[self._tag_at:] = auth.tag(key, self._signed)
+            return bytes(self.buf)
+        return auth.seal(key, self.buf)  # AEAD
 
 
 def read_media(data: bytes | memoryview, h: Header, out: np.ndarray,
