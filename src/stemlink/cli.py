@@ -11,7 +11,7 @@ import click
 from stemlink.errors import StemlinkError
 
 DEFAULT_MODEL = "models/spleeter-2stems"
-PRESET_NAMES = ("ultra", "monitor", "balanced", "quality")
+PRESET_NAMES = ("extreme", "ultra", "monitor", "balanced", "quality")
 BACKENDS = ("cpu", "cuda", "tensorrt")
 
 
@@ -75,7 +75,19 @@ def export_spleeter_cmd(out: str, window_frames: int) -> None:
 
 
 # --------------------------------------------------------------------------- separate
+def _cadence_options(f):
+    """Synthesis hop m and mask hold k (None = the preset's); validated by the engine."""
+    f = click.option("--mask-hold", type=click.IntRange(1, 64), default=None,
+                     help="k: synthesis hops one mask is applied for (one inference every "
+                          "k*m samples); adds no delay.")(f)
+    f = click.option("--synthesis-hop", type=click.IntRange(1, 65535), default=None,
+                     help="m: synthesis hop in samples, a divisor of the model's hop "
+                          ">= 128 (1024, 512, 256, 128 for Spleeter); D = 2m - 1.")(f)
+    return f
+
+
 def _stream_options(f):
+    f = _cadence_options(f)
     f = click.option("--synthesis", type=click.Choice(["standard", "asymmetric"]),
                      help="Override the preset's synthesis mode.")(f)
     f = click.option("--lookahead", "-L", type=click.IntRange(0, None),
@@ -96,12 +108,13 @@ def _stream_options(f):
 @click.option("--offline", is_flag=True, help="Whole-file reference separation instead.")
 @_backend_option
 def separate(input: str, model: str, out_dir: str, preset: str, hop_frames, lookahead,
-             synthesis, offline: bool, backend: str) -> None:
+             synthesis, synthesis_hop, mask_hold, offline: bool, backend: str) -> None:
     """Separate an audio file (WAV/FLAC/MP3/...) into one WAV per stem."""
     from stemlink.separate import separate_file
 
     r = separate_file(input, model, out_dir, preset=preset, offline=offline, backend=backend,
                       hop_frames=hop_frames, lookahead=lookahead, synthesis=synthesis,
+                      synthesis_hop=synthesis_hop, mask_hold=mask_hold,
                       progress=_progress("separating"))
     click.echo(f"{r.describe}")
     if r.nonfinite:
@@ -130,11 +143,15 @@ def bench() -> None:
               help="Bare model inferences timed.")
 @click.option("--audio", type=click.Path(dir_okay=False), help="Audio to stream instead.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
-def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path) -> None:
-    """Compute latency per window (p50/p99) and real-time factor per preset."""
+@_cadence_options
+def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path, synthesis_hop,
+                     mask_hold) -> None:
+    """Compute latency per inference (p50/p99) against its period (H*k*m samples) and
+    real-time factor, per preset (plus one custom cadence with --synthesis-hop/--mask-hold)."""
     from stemlink.bench.engine_bench import bench_engine, render, save
 
-    result = bench_engine(model, backend, seconds, audio, iterations)
+    result = bench_engine(model, backend, seconds, audio, iterations, synthesis_hop,
+                          mask_hold)
     result["command"] = "stemlink " + " ".join(sys.argv[1:])
     click.echo(render(result))
     if json_path:
@@ -147,12 +164,24 @@ def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path) -> N
 @click.option("--audio", type=click.Path(dir_okay=False),
               help="Audio to use (default: the bundled example).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
-def bench_fidelity_cmd(model, audio, json_path) -> None:
-    """SDR of streamed stems vs the offline model, per preset."""
-    from stemlink.bench.fidelity import bench_fidelity, render, save
+@click.option("--grid", is_flag=True,
+              help="The synthesis hop x mask hold grid, on the audio and a generated song.")
+def bench_fidelity_cmd(model, audio, json_path, grid) -> None:
+    """SDR of streamed stems vs the offline model, per preset (or per (m, k) with --grid)."""
+    from stemlink.bench.fidelity import (
+        bench_fidelity,
+        bench_fidelity_grid,
+        render,
+        render_grid,
+        save,
+    )
 
-    r = bench_fidelity(model, audio)
-    click.echo(render(r))
+    if grid:
+        r = bench_fidelity_grid(model, audio, say=lambda s: click.echo(s, err=True))
+        click.echo(render_grid(r))
+    else:
+        r = bench_fidelity(model, audio)
+        click.echo(render(r))
     if json_path:
         save(r, json_path)
 
@@ -166,16 +195,17 @@ def bench_fidelity_cmd(model, audio, json_path) -> None:
 @click.option("--profile", type=click.Choice(["wired", "wifi"]), default=None,
               help="Network impairment profile (needs the impairment relay).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
+@_cadence_options
 @_backend_option
 @click.option("--out", "out_dir", default="out/bench-latency", show_default=True,
               type=click.Path(file_okay=False))
-def bench_latency_cmd(model, against, seconds, clients, profile, preset, backend,
-                      out_dir) -> None:
+def bench_latency_cmd(model, against, seconds, clients, profile, preset, synthesis_hop,
+                      mask_hold, backend, out_dir) -> None:
     """End-to-end latency (client clock), compute, CPU and bytes: stemlink vs baseline."""
     from stemlink.bench.latency import PNG, bench_latency, render
 
     r = bench_latency(model, against, seconds, clients, profile, preset, backend,
-                      Path(out_dir))
+                      Path(out_dir), synthesis_hop, mask_hold)
     click.echo(render(r))
     click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
 
@@ -186,17 +216,19 @@ def bench_latency_cmd(model, against, seconds, clients, profile, preset, backend
               type=click.Choice(BACKENDS),
               help="Backend(s) to measure (default: every available one).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
+@_cadence_options
 @click.option("--seconds", default=8.0, show_default=True, type=click.FloatRange(2, 600),
               help="Audio per step.")
 @click.option("--max-clients", default=16, show_default=True, type=click.IntRange(1, 256))
 @click.option("--out", "out_dir", default="out/bench-capacity", show_default=True,
               type=click.Path(file_okay=False))
-def bench_capacity_cmd(model, backends, preset, seconds, max_clients, out_dir) -> None:
+def bench_capacity_cmd(model, backends, preset, synthesis_hop, mask_hold, seconds,
+                       max_clients, out_dir) -> None:
     """Concurrent real-time sessions with zero missed deadlines (ramped up)."""
     from stemlink.bench.capacity import available_backends, bench_capacity, render
 
     r = bench_capacity(model, list(backends) or available_backends(), preset, seconds,
-                       max_clients, Path(out_dir))
+                       max_clients, Path(out_dir), synthesis_hop, mask_hold)
     click.echo(render(r))
 
 
@@ -220,6 +252,7 @@ def _setup_logging(level: str) -> None:
 @_backend_option
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True,
               help="Preset for clients that do not ask for one.")
+@_cadence_options
 @click.option("--max-sessions", default=8, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--idle-timeout", default=10.0, show_default=True,
               type=click.FloatRange(0.5, 3600), help="Seconds of silence that end a session.")
@@ -228,8 +261,8 @@ def _setup_logging(level: str) -> None:
 @click.option("--compute-stats", type=click.Path(dir_okay=False), hidden=True,
               help="Write per-block compute times as JSON at exit (used by benchmarks).")
 @_psk_option
-def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_level,
-          compute_stats, psk) -> None:
+def serve(model, host, port, backend, preset, synthesis_hop, mask_hold, max_sessions,
+          idle_timeout, log_level, compute_stats, psk) -> None:
     """Run the UDP separation server (SIGINT/SIGTERM stop it cleanly)."""
     from stemlink.loop import run_loop
     from stemlink.udp_server.server import ServeOptions, Server
@@ -237,7 +270,8 @@ def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_le
     _setup_logging(log_level)
     try:
         srv = Server(ServeOptions(model, host, port, backend, preset, max_sessions,
-                                  idle_timeout, psk.encode(), compute_stats))
+                                  idle_timeout, psk.encode(), compute_stats,
+                                  synthesis_hop=synthesis_hop, mask_hold=mask_hold))
     except OSError as e:
         raise StemlinkError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     click.echo(srv.describe(), err=True)
@@ -258,9 +292,10 @@ def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_le
 @click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
 @click.option("--synthesis", type=click.Choice(["standard", "asymmetric"]),
               help="Override the preset's synthesis mode for this session.")
+@_cadence_options
 @_psk_option
 def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block, synthesis,
-         psk) -> None:
+         synthesis_hop, mask_hold, psk) -> None:
     """Stream a file to a server; write the stems it sends back."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.sender import SendOptions, save_stats, send_file
@@ -268,7 +303,8 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
 
     opts = SendOptions(input, parse_server(server), out_dir, preset=preset, realtime=realtime,
                        jitter_ms=jitter_ms, block=int(block), psk=psk.encode(),
-                       synthesis=synthesis)
+                       synthesis=synthesis, synthesis_hop=synthesis_hop,
+                       mask_hold=mask_hold)
     rep = run_loop(send_file(opts))
     click.echo(rep.summary() if realtime else rep.summary().replace(
         "end-to-end latency", "(not paced in real time) end-to-end latency"))
@@ -291,9 +327,10 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
 @click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
 @click.option("--seconds", type=click.FloatRange(0.5, None), default=None,
               help="Stop after this long (default: run until Ctrl-C).")
+@_cadence_options
 @_psk_option
 def live(server, input_device, output_device, monitor, preset, jitter_blocks, block,
-         seconds, psk) -> None:
+         seconds, synthesis_hop, mask_hold, psk) -> None:
     """Sound card -> server -> headphones, headless; Ctrl-C exits."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.live import run_live
@@ -306,7 +343,8 @@ def live(server, input_device, output_device, monitor, preset, jitter_blocks, bl
         stats = run_loop(run_live(parse_server(server), dev(input_device),
                                              dev(output_device), monitor, preset,
                                              psk.encode(), jitter_blocks, int(block),
-                                             seconds))
+                                             seconds, synthesis_hop=synthesis_hop,
+                                             mask_hold=mask_hold))
         for stem, js in stats["jitter"].items():
             click.echo(f"{stem}: played {js['pushed']} blocks, concealed {js['concealed']}, "
                        f"late {js['late']}, duplicates {js['duplicates']}")

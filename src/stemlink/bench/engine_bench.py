@@ -1,5 +1,10 @@
 """`stemlink bench engine`: compute latency per inference window and real-time factor per
-preset, with the real model on real audio, on this machine."""
+preset, with the real model on real audio, on this machine.
+
+The budget of an inference is its period, the audio between two inferences: H model hops
+(batching) or k synthesis hops of m samples (mask hold), i.e. H*k*m samples. Audio is
+streamed in blocks of one synthesis hop, so each timed call holds at most one inference.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from stemlink.percentiles import summarize
 
 
 def bench_engine(model: str, backend: str, seconds: float, audio_path: str | None,
-                 iterations: int) -> dict:
+                 iterations: int, synthesis_hop: int | None = None,
+                 mask_hold: int | None = None) -> dict:
     from stemlink.export.checkpoint import example_audio
 
     x, sr = aio.read_audio(audio_path or example_audio())
@@ -31,10 +37,13 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
             engine.backend.infer()
             infer_ms.append((time.perf_counter() - t) * 1e3)
         rows = []
-        for name in PRESETS:
-            cfg = engine.config(name)
+        configs = [(name, engine.config(name)) for name in PRESETS]
+        if synthesis_hop is not None or mask_hold is not None:
+            configs.append(("custom", engine.config("ultra", synthesis_hop=synthesis_hop,
+                                                    mask_hold=mask_hold)))
+        for name, cfg in configs:
             sep = engine.separator(cfg)
-            hop = card.hop
+            hop = cfg.hop(card.hop)
             window_ms, total = [], 0.0
             for i in range(0, x.shape[1] - hop + 1, hop):
                 before = sep.stats.inferences
@@ -45,13 +54,15 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
                 if sep.stats.inferences > before:
                     window_ms.append(dt * 1e3)
             audio_s = x.shape[1] / card.sample_rate
-            budget_ms = 1e3 * cfg.hop_frames * hop / card.sample_rate
+            budget_ms = sep.latency.period_ms
             p = summarize(window_ms, (50, 99))
+            rtf = total / audio_s
             rows.append({
                 "preset": name, "H": cfg.hop_frames, "L": cfg.lookahead,
-                "synthesis": cfg.synthesis, "delay_samples": sep.delay,
-                "delay_ms": sep.latency.ms, "window_ms": p, "budget_ms": budget_ms,
-                "rtf": total / audio_s, "realtime": bool(p["p99"] < budget_ms),
+                "synthesis": cfg.synthesis, "m": hop, "k": cfg.mask_hold,
+                "delay_samples": sep.delay, "delay_ms": sep.latency.ms, "window_ms": p,
+                "budget_ms": budget_ms, "rtf": rtf,
+                "realtime": bool(p["p99"] < budget_ms and rtf < 1.0),
             })
     finally:
         engine.close()
@@ -68,13 +79,14 @@ def render(result: dict) -> str:
             f"{describe(result['machine'])}\n"
             f"command: {result.get('command', '')}\n"
             f"one inference (model only): p50 {inf['p50']:.2f} ms, p99 {inf['p99']:.2f} ms\n")
-    rows = [[r["preset"], r["H"], r["L"], r["synthesis"], f"{r['delay_ms']:.1f}",
+    rows = [[r["preset"], r["H"], r["L"], r["synthesis"], r["m"], r["k"],
+             f"{r['delay_ms']:.1f}",
              f"{r['window_ms']['p50']:.2f}", f"{r['window_ms']['p99']:.2f}",
              f"{r['budget_ms']:.1f}", f"{r['rtf']:.3f}", "yes" if r["realtime"] else "NO"]
             for r in result["presets"]]
     return head + markdown_table(
-        ["preset", "H", "L", "synthesis", "D ms", "window p50 ms", "window p99 ms",
-         "budget ms (H hops)", "RTF", "real time"], rows)
+        ["preset", "H", "L", "synthesis", "m", "k", "D ms", "window p50 ms", "window p99 ms",
+         "budget ms (H*k*m)", "RTF", "real time"], rows)
 
 
 def save(result: dict, path: str | Path) -> None:

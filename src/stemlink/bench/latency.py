@@ -38,7 +38,8 @@ def bench_audio(seconds: float, path: Path) -> tuple[np.ndarray, int]:
     return x, sr
 
 
-def run_clients(wav: Path, port: int, preset: str, n: int, jitter_ms: float = 60.0) -> list:
+def run_clients(wav: Path, port: int, preset: str, n: int, jitter_ms: float = 60.0,
+                synthesis_hop: int | None = None, mask_hold: int | None = None) -> list:
     """n real-time `send` clients at once against a stemlink server on loopback."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.sender import SendOptions, send_file
@@ -46,17 +47,36 @@ def run_clients(wav: Path, port: int, preset: str, n: int, jitter_ms: float = 60
     async def go():
         return await asyncio.gather(*[
             send_file(SendOptions(wav, ("127.0.0.1", port), None, preset=preset,
-                                  realtime=True, jitter_ms=jitter_ms)) for _ in range(n)])
+                                  realtime=True, jitter_ms=jitter_ms,
+                                  synthesis_hop=synthesis_hop, mask_hold=mask_hold))
+            for _ in range(n)])
 
     return run_loop(go())
 
 
+def deadline_ms(model: str, preset: str, backend: str, synthesis_hop: int | None = None,
+                mask_hold: int | None = None) -> float:
+    """One inference period (H*k*m samples) of the configuration the server will build:
+    a stem block arriving later than this after its input block left missed its deadline."""
+    from stemlink.engine.card import load_card
+    from stemlink.engine.presets import preset as preset_config
+    from stemlink.engine.presets import with_overrides
+    from stemlink.engine.streaming import latency_of
+
+    card = load_card(model)
+    cfg = with_overrides(preset_config(preset, accelerated=backend != "cpu"), card.hop,
+                         card.window_frames, synthesis_hop=synthesis_hop, mask_hold=mask_hold)
+    return latency_of(card, cfg).period_ms
+
+
 def run_stemlink(model: str, wav: Path, clients: int, preset: str, backend: str,
-                 tmp: Path) -> dict:
+                 tmp: Path, synthesis_hop: int | None = None,
+                 mask_hold: int | None = None) -> dict:
+    deadline = deadline_ms(model, preset, backend, synthesis_hop, mask_hold)
     port = procs.free_port()
     child = procs.stemlink_server(model, port, preset, backend, tmp / "stemlink.json")
     try:
-        reps = run_clients(wav, port, preset, clients)
+        reps = run_clients(wav, port, preset, clients, deadline, synthesis_hop, mask_hold)
         cpu = child.cpu_use()
     finally:
         stats = child.stop()
@@ -68,8 +88,11 @@ def run_stemlink(model: str, wav: Path, clients: int, preset: str, backend: str,
         "latency_ms": summarize(lat), "block_latencies_ms": lat,
         "algorithmic_delay_ms": 1000 * r0.delay / r0.sample_rate,
         "algorithmic_delay_samples": r0.delay, "preset": r0.preset,
-        "compute_ms": {"unit": "per 256-sample block (inference every H hops)",
+        "synthesis_hop": r0.synthesis_hop, "mask_hold": r0.mask_hold,
+        "compute_ms": {"unit": f"per 256-sample block (inference every {deadline:.1f} ms)",
                        **summarize(comp)},
+        "deadline_ms": deadline,
+        "missed_deadlines": int(sum(r.late + r.lost for r in reps)),
         "server_cpu_cores": cpu,
         "bytes_per_s_per_client": {"up": r0.bytes_sent / secs,
                                    "down": r0.bytes_received / secs},
@@ -108,11 +131,13 @@ def run_baseline(model: str, x: np.ndarray, sr: int, clients: int, backend: str,
         "bytes_per_s_per_client": {"up": runs[0].bytes_sent / secs,
                                    "down": runs[0].bytes_received / secs},
         "lost_blocks": int(sum(np.isnan(lat))), "late_blocks": None,
+        "deadline_ms": None, "missed_deadlines": None,
     }
 
 
 def bench_latency(model: str, against: str | None, seconds: float, clients: int,
-                  profile: str | None, preset: str, backend: str, out: Path) -> dict:
+                  profile: str | None, preset: str, backend: str, out: Path,
+                  synthesis_hop: int | None = None, mask_hold: int | None = None) -> dict:
     if profile not in (None, "wired"):
         raise StemlinkError(f"--profile {profile}: the impairment relay is not built yet; "
                             "only loopback ('wired', no impairment) can be measured")
@@ -121,7 +146,7 @@ def bench_latency(model: str, against: str | None, seconds: float, clients: int,
         tmp = Path(td)
         x, sr = bench_audio(seconds, tmp / "bench.wav")
         systems = {"stemlink": run_stemlink(model, tmp / "bench.wav", clients, preset,
-                                            backend, tmp)}
+                                            backend, tmp, synthesis_hop, mask_hold)}
         if against == "baseline":
             systems["baseline"] = run_baseline(model, x, sr, clients, backend, tmp)
     result = {
@@ -147,10 +172,13 @@ def render(result: dict) -> str:
                      f"{lat['p95']:.1f}", f"{lat['p99']:.1f}",
                      f"{comp['p50']:.2f} / {comp['p99']:.2f}", comp["unit"],
                      f"{100 * s['server_cpu_cores']:.0f} %",
-                     f"{bw['up'] / 1000:.0f} / {bw['down'] / 1000:.0f}", s["lost_blocks"]])
+                     f"{bw['up'] / 1000:.0f} / {bw['down'] / 1000:.0f}", s["lost_blocks"],
+                     "n/a" if s.get("missed_deadlines") is None else
+                     f"{s['missed_deadlines']} (> {s['deadline_ms']:.1f} ms)"])
     table = markdown_table(
         ["system", "D ms", "e2e p50 ms", "e2e p95 ms", "e2e p99 ms", "compute p50 / p99 ms",
-         "compute unit", "server CPU", "kB/s up / down per client", "lost blocks"], rows)
+         "compute unit", "server CPU", "kB/s up / down per client", "lost blocks",
+         "missed deadlines"], rows)
     head = (f"latency on {result['network']}, {result['clients']} client(s), "
             f"{result['seconds']:g} s of audio each, preset {result['preset']}, backend "
             f"{result['backend']}\nmachine: {describe(result['machine'])}\n"

@@ -9,7 +9,7 @@ docs/BENCHMARKS.md, "Lower delay: synthesis hop and mask hold", for the commands
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from stemlink.engine.dsp import SYNTHESIS_MODES
 from stemlink.engine.errors import EngineError
@@ -71,6 +71,27 @@ class StreamConfig:
         if m < model_hop and self.hop_frames > 1:
             raise EngineError("H > 1 needs the synthesis hop to equal the model's hop; "
                               "use the mask hold k to lower the inference rate instead")
+
+
+def with_overrides(base: StreamConfig, model_hop: int, window_frames: int,
+                   hop_frames: int | None = None, lookahead: int | None = None,
+                   synthesis: str | None = None, synthesis_hop: int | None = None,
+                   mask_hold: int | None = None) -> StreamConfig:
+    """A preset's configuration with overrides (None = the preset's), validated. Asking
+    for a synthesis hop below the model's implies asymmetric synthesis unless set."""
+    m = synthesis_hop if synthesis_hop is not None else base.synthesis_hop
+    if synthesis is None and m is not None and m < model_hop:
+        synthesis = "asymmetric"
+    cfg = replace(
+        base,
+        hop_frames=hop_frames if hop_frames is not None else base.hop_frames,
+        lookahead=lookahead if lookahead is not None else base.lookahead,
+        synthesis=synthesis or base.synthesis,
+        synthesis_hop=None if m is None or m == model_hop else m,
+        mask_hold=mask_hold if mask_hold is not None else base.mask_hold,
+    )
+    cfg.validate(window_frames, model_hop)
+    return cfg
 
 
 def preset(name: str, accelerated: bool = False) -> StreamConfig:

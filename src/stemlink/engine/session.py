@@ -7,7 +7,7 @@ from pathlib import Path
 
 from stemlink.engine.backend import Backend, make_backend
 from stemlink.engine.card import ModelCard, load_card
-from stemlink.engine.presets import StreamConfig, preset
+from stemlink.engine.presets import StreamConfig, preset, with_overrides
 from stemlink.engine.streaming import StreamingSeparator
 
 
@@ -23,13 +23,12 @@ class Engine:
         return self.kind != "cpu"
 
     def config(self, name: str | None, hop_frames: int | None = None,
-               lookahead: int | None = None, synthesis: str | None = None) -> StreamConfig:
-        base = preset(name or "monitor", self.accelerated)
-        return StreamConfig(
-            hop_frames if hop_frames is not None else base.hop_frames,
-            lookahead if lookahead is not None else base.lookahead,
-            synthesis or base.synthesis,
-        )
+               lookahead: int | None = None, synthesis: str | None = None,
+               synthesis_hop: int | None = None, mask_hold: int | None = None) -> StreamConfig:
+        """A preset's configuration with overrides (None = the preset's), validated."""
+        return with_overrides(preset(name or "monitor", self.accelerated), self.card.hop,
+                              self.card.window_frames, hop_frames, lookahead, synthesis,
+                              synthesis_hop, mask_hold)
 
     def separator(self, config: StreamConfig, slot: int = 0) -> StreamingSeparator:
         return StreamingSeparator(self.card, self.backend, config, slot=slot)

@@ -80,7 +80,8 @@ class Playout:
 
 async def run_live(server: tuple[str, int], input_device, output_device, monitor: str,
                    preset: str | None, psk: bytes, target_blocks: int, block: int,
-                   seconds: float | None = None, devices=None) -> dict:
+                   seconds: float | None = None, devices=None,
+                   synthesis_hop: int | None = None, mask_hold: int | None = None) -> dict:
     """Run until Ctrl-C (or for `seconds`). `devices` is the sounddevice module, or an
     object with the same query_devices/InputStream/OutputStream/PortAudioError shape."""
     sd = devices if devices is not None else _sounddevice()
@@ -94,7 +95,8 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
     out_ch = min(int(dev_out["max_output_channels"]), 2)
     if in_ch < 1 or out_ch < 1:
         raise ClientError("the chosen devices have no input or no output channels")
-    core = ClientCore(sample_rate=rate, channels=in_ch, block=block, preset=preset, psk=psk)
+    core = ClientCore(sample_rate=rate, channels=in_ch, block=block, preset=preset, psk=psk,
+                      synthesis_hop=synthesis_hop, mask_hold=mask_hold)
     loop = asyncio.get_running_loop()
     playout: list[Playout] = []
     stats = {"rtt_ms": []}
@@ -117,7 +119,8 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
     playout.append(po)
     name = PRESET_NAMES.get(acc.preset, "custom")
     print(f"live: {acc.model} preset {name} D = {acc.delay} samples "
-          f"({1000 * acc.delay / acc.sample_rate:.1f} ms) + jitter buffer "
+          f"({1000 * acc.delay / acc.sample_rate:.1f} ms; synthesis hop {acc.synthesis_hop}, "
+          f"mask hold {acc.mask_hold}) + jitter buffer "
           f"{1000 * po.buffers[po.active[0]].delay_samples / acc.sample_rate:.1f} ms; "
           f"monitoring {monitor}; Ctrl-C stops", flush=True)
     captured: asyncio.Queue = asyncio.Queue(maxsize=256)

@@ -35,6 +35,8 @@ class SendOptions:
     hop_frames: int | None = None
     lookahead: int | None = None
     synthesis: str | None = None
+    synthesis_hop: int | None = None  # m, samples (None: the server's choice)
+    mask_hold: int | None = None  # k, synthesis hops per inference (None: the server's)
     ping_every_s: float = 0.5
     drain_s: float = 2.0
     first_seq: int = 0
@@ -64,12 +66,23 @@ class SendReport:
     turnaround_ms: dict = field(default_factory=dict)
     block_latency_ms: list = field(default_factory=list)
     dropped: dict = field(default_factory=dict)
+    synthesis_hop: int = 0  # m the server chose, samples
+    mask_hold: int = 1  # k the server chose
+    hop_frames: int = 1  # H the server chose
+
+    @property
+    def period(self) -> int:
+        """Samples between the server's inferences: H * k * m."""
+        return self.hop_frames * self.mask_hold * self.synthesis_hop
 
     def summary(self) -> str:
         lat, rtt = self.latency_ms, self.rtt_ms
         return "\n".join([
             f"model {self.model}, preset {self.preset}, D = {self.delay} samples "
-            f"({1000 * self.delay / self.sample_rate:.1f} ms), block {self.block}",
+            f"({1000 * self.delay / self.sample_rate:.1f} ms; synthesis hop "
+            f"{self.synthesis_hop}, mask hold {self.mask_hold}, H {self.hop_frames}: one "
+            f"inference every {1000 * self.period / self.sample_rate:.1f} ms), "
+            f"block {self.block}",
             f"packets: sent {self.sent}, received {self.received}/{self.expected}, "
             f"lost {self.lost}, late {self.late}, duplicates {self.duplicates}, "
             f"concealed {self.concealed}",
@@ -88,6 +101,7 @@ async def send_file(opts: SendOptions) -> SendReport:
     core = ClientCore(sample_rate=file_sr, channels=min(file_ch, 2), block=opts.block,
                       fmt=opts.fmt, preset=opts.preset, hop_frames=opts.hop_frames,
                       lookahead=opts.lookahead, synthesis=opts.synthesis, psk=opts.psk,
+                      synthesis_hop=opts.synthesis_hop, mask_hold=opts.mask_hold,
                       first_seq=opts.first_seq)
     state = _Receiver()
     proto, acc_ev = await connect(core, opts.server, state.on_event)
@@ -224,7 +238,8 @@ class _Receiver:
             bytes_sent=self.bytes_sent, bytes_received=self.bytes_received,
             rtt_ms=summarize([r / 1e6 for r in self.rtt_ns]), latency_ms=summarize(lat),
             turnaround_ms=summarize(turnaround.ravel()), block_latency_ms=lat,
-            dropped=dropped,
+            dropped=dropped, synthesis_hop=acc.synthesis_hop, mask_hold=acc.mask_hold,
+            hop_frames=acc.hop_frames,
         )
 
 

@@ -37,17 +37,41 @@ class ServeOptions:
     idle_timeout: float = 10.0
     psk: bytes = b""
     compute_stats: str | None = None  # write per-block compute times here at exit (benches)
+    # m and k of the default preset, for clients that leave preset and cadence to the
+    # server (None: the preset's own)
+    synthesis_hop: int | None = None
+    mask_hold: int | None = None
 
 
-def make_stream_factory(engine: Engine, default_preset: str):
+def make_stream_factory(engine: Engine, default_preset: str,
+                        defaults: StreamRequest | None = None):
+    """Builds a session's separator from what the client asked for. Fields the client left
+    to the server (None) come from the preset; when the client also leaves the preset to
+    the server, they come from `defaults` (the server's own overrides of its default
+    preset) first. Raises EngineError for a configuration the engine refuses (the core
+    answers BAD_REQUEST)."""
+    server_own = defaults or StreamRequest()
+
+    def pick(asked, fallback):
+        return asked if asked is not None else fallback
+
     def make(req: StreamRequest) -> StreamSetup:
-        name = req.preset or default_preset
-        cfg = engine.config(name, req.hop_frames, req.lookahead, req.synthesis)
+        dflt = server_own if req.preset is None else StreamRequest()
+        name = req.preset or dflt.preset or default_preset
+        cfg = engine.config(name, pick(req.hop_frames, dflt.hop_frames),
+                            pick(req.lookahead, dflt.lookahead),
+                            pick(req.synthesis, dflt.synthesis),
+                            pick(req.synthesis_hop, dflt.synthesis_hop),
+                            pick(req.mask_hold, dflt.mask_hold))
         sep = engine.separator(cfg)
         return StreamSetup(sep, name, cfg.hop_frames, cfg.lookahead, cfg.synthesis, sep.delay,
-                           engine.card.hop, 1)
+                           cfg.hop(engine.card.hop), cfg.mask_hold)
 
     return make
+
+
+def _server_defaults(opts: ServeOptions) -> StreamRequest:
+    return StreamRequest(synthesis_hop=opts.synthesis_hop, mask_hold=opts.mask_hold)
 
 
 class ServerProtocol(asyncio.DatagramProtocol):
@@ -92,7 +116,8 @@ class Server:
         card = self.engine.card
         self.core = ServerCore(
             card_stems=card.stems, model_name=card.name, sample_rate=card.sample_rate,
-            channels=card.channels, make_stream=make_stream_factory(self.engine, opts.preset),
+            channels=card.channels, make_stream=make_stream_factory(self.engine, opts.preset,
+                                                         _server_defaults(opts)),
             psk=opts.psk, max_sessions=opts.max_sessions, idle_timeout=opts.idle_timeout)
         self.sock = udp_socket(opts.host, opts.port, bind=True)
         self.address = self.sock.getsockname()
@@ -102,7 +127,8 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def describe(self) -> str:
-        cfg = self.engine.config(self.opts.preset)
+        cfg = self.engine.config(self.opts.preset, synthesis_hop=self.opts.synthesis_hop,
+                                 mask_hold=self.opts.mask_hold)
         delay = latency_of(self.engine.card, cfg).describe()
         rcv = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         return (f"stemlink serving {self.engine.card.name} on {self.address[0]}:"
