@@ -1,5 +1,7 @@
 """Server and client cores wired together in memory: no sockets, no clock, no model."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -11,11 +13,20 @@ from stemlink.wire.constants import ErrorCode, PacketType
 ADDR = ("127.0.0.1", 40000)
 
 
+class StandInSeparator:
+    """The numbers a Stream reads at session start; these tests never run the model (the
+    worker is tested with the real one in test_server_gaps.py)."""
+
+    delay, memory = 5119, 74751
+    latency = SimpleNamespace(support=4096)
+    card = SimpleNamespace(n_fft=4096)
+
+
 def make_server(**kw):
     def make_stream(req):
         if req.hop_frames == 99:
             raise ValueError("H + L exceeds the window")
-        return StreamSetup(object(), req.preset or "monitor", 2, 0, "standard", 5119)
+        return StreamSetup(StandInSeparator(), req.preset or "monitor", 2, 0, "standard", 5119)
 
     return ServerCore(card_stems=["vocals", "accompaniment"], model_name="m",
                       sample_rate=44100, channels=2, make_stream=make_stream, **kw)
@@ -88,10 +99,10 @@ def test_audio_becomes_jobs_in_order_and_replays_are_dropped():
     for p in pkts:
         s.receive_datagram(p, ADDR, 101.0)
     s.receive_datagram(pkts[1], ADDR, 101.0)  # replay
-    jobs = s.take_jobs()
+    jobs = jobs_of(s)
     assert [j.timestamp for j in jobs] == [0, 256, 512, 768]
     sess = s.sessions[acc.session]
-    np.testing.assert_allclose(sess.ring[jobs[2].slot], np.round(block * 3 / 8 * 32768)
+    np.testing.assert_allclose(sess.ring.blocks[jobs[2].slot], np.round(block * 3 / 8 * 32768)
                                .clip(-32768, 32767) / 32768)
     assert sess.counters["replay"] == 1 and s.counters["drop_replay"] == 1
     other = ClientCore(sample_rate=44100, channels=2)
@@ -100,7 +111,7 @@ def test_audio_becomes_jobs_in_order_and_replays_are_dropped():
     s.receive_datagram(other.audio(block, 1024, 0), ADDR, 101.0)
     s.receive_datagram(c.audio(block, 2048, 0), ("127.0.0.1", 999), 101.0)
     assert s.counters["drop_bad-tag"] == 1 and s.counters["drop_wrong-address"] == 1
-    assert s.take_jobs() == []
+    assert jobs_of(s) == []
 
 
 def test_ping_pong_bye_and_idle_timeout():
@@ -113,7 +124,7 @@ def test_ping_pong_bye_and_idle_timeout():
     assert s.expire(106.0) == []
     gone = s.expire(107.5)
     assert [g.id for g in gone] == [acc.session] and not s.sessions
-    assert gone[0].ring is None and gone[0].setup.separator is None  # buffers released
+    assert [type(m).__name__ for m in s.take_messages()][-1] == "CloseStream"  # worker frees
     (bye, _), = s.take_outbox()
     (ev,) = c.receive(bye, 107.5)
     assert isinstance(ev, ServerBye) and ev.reason == 1
@@ -124,50 +135,87 @@ def test_garbage_is_dropped_silently_and_counted():
     rng = np.random.default_rng(0)
     for n in (0, 1, 35, 51, 52, 100, 1076, 1500, 65000):
         s.receive_datagram(rng.bytes(n), ADDR, 1.0)
-    assert s.take_outbox() == [] and s.take_jobs() == []
+    assert s.take_outbox() == [] and s.take_messages() == []
     assert s.counters["dropped"] == 9
 
 
-def test_a_session_that_outruns_the_worker_is_bounded():
-    from stemlink.udp_server.core import MAX_PENDING
+def test_pending_input_is_bounded_in_audio_time():
+    """Nobody takes the jobs: the session's ring holds PENDING_S of audio, whatever the
+    block size; the rest is dropped as overload (the worker will conceal it)."""
+    from stemlink.udp_server.core import PENDING_S
 
-    s, c = make_server(), ClientCore(sample_rate=44100, channels=2)
-    _, (acc,) = handshake(s, c)
-    blk = np.zeros((2, 256), np.float32)
-    for k in range(MAX_PENDING + 10):  # nobody takes the jobs
-        s.receive_datagram(c.audio(blk, k * 256, 0), ADDR, 101.0)
-    assert len(s.take_jobs()) == MAX_PENDING
-    assert s.sessions[acc.session].counters["overload"] == 10
+    for block in (64, 256):
+        s, c = make_server(), ClientCore(sample_rate=44100, channels=2, block=block)
+        _, (acc,) = handshake(s, c)
+        cap = s.sessions[acc.session].ring.capacity
+        assert cap == int(np.ceil(PENDING_S * 44100 / block))
+        blk = np.zeros((2, block), np.float32)
+        for k in range(cap + 10):
+            s.receive_datagram(c.audio(blk, k * block, 0), ADDR, 101.0)
+        assert len(jobs_of(s)) == cap
+        assert s.sessions[acc.session].counters["overload"] == 10
 
 
-def test_worker_conceals_gaps_and_keeps_the_timeline(engine):
-    """Real separator: blocks 2 and 3 never arrive; the worker feeds silence in their place
-    and still sends their STEM blocks, flagged CONCEALED, so no output length is lost."""
-    from stemlink.engine.presets import preset
-    from stemlink.udp_server.worker import Worker
-    from stemlink.wire.constants import Flags
+def jobs_of(s):
+    from stemlink.udp_server.stream import Job
 
-    def make_stream(req):
-        sep = engine.separator(preset("monitor"))
-        return StreamSetup(sep, "monitor", 2, 0, "standard", sep.delay)
+    return [m for m in s.take_messages() if isinstance(m, Job)]
 
-    s = ServerCore(card_stems=["vocals", "accompaniment"], model_name="m", sample_rate=44100,
-                   channels=2, make_stream=make_stream)
-    c = ClientCore(sample_rate=44100, channels=2)
-    _, (acc,) = handshake(s, c)
-    sent = []
-    w = Worker(lambda d, addr: sent.extend(d), 2)
-    blk = np.full((2, 256), 0.1, np.float32)
-    for k in (0, 1, 4):
-        s.receive_datagram(c.audio(blk, k * 256, 0), ADDR, 101.0)
-    jobs = s.take_jobs()
-    for j in jobs:
-        j.session.taken += 1
-        w._process(j.session, j)
-    heads = [pk.decode_header(d) for d in sent]
-    assert [(h.timestamp, h.stem) for h in heads] == [
-        (t, st) for t in (0, 256, 512, 768, 1024) for st in (0, 1)]
-    assert [bool(h.flags & Flags.CONCEALED) for h in heads[::2]] == [
-        False, False, True, True, False]
-    assert [h.seq for h in heads if h.stem == 1] == [0, 1, 2, 3, 4]
-    assert s.sessions[acc.session].counters["concealed_blocks"] == 2
+
+def _mutations():
+    from hypothesis import strategies as st
+
+    return st.lists(st.tuples(st.sampled_from(["flip", "cut", "field", "replay", "ts"]),
+                              st.integers(0, 10_000), st.integers(0, 255)),
+                    min_size=1, max_size=40)
+
+
+def test_mutated_valid_packets_never_break_a_live_session():
+    """Fuzz with mutations of *valid* packets of a live session (flipped bits, truncations,
+    changed header fields — re-tagged or not —, replays, timestamp jumps): the core never
+    raises, drops and counts what is invalid, and the session keeps producing jobs for
+    the genuine stream in order."""
+    from hypothesis import given, settings
+
+    from stemlink.wire.auth import tag
+
+    @settings(max_examples=150, deadline=None)
+    @given(_mutations())
+    def run(muts):
+        s, c = make_server(), ClientCore(sample_rate=44100, channels=2)
+        _, (acc,) = handshake(s, c)
+        blk = np.zeros((2, 256), np.float32)
+        sent, now, k = [], 101.0, 0
+        for kind, pos, val in muts:
+            good = c.audio(blk, k * 256, 0)
+            k += 1
+            sent.append(good)
+            b = bytearray(good)
+            if kind == "flip":
+                b[pos % len(b)] ^= 1 << (val % 8)
+            elif kind == "cut":
+                b = b[:pos % len(b)]
+            elif kind in ("field", "ts"):
+                at = 16 + val % 8 if kind == "ts" else pos % (len(b) - 16)
+                b[at] = val
+                if val % 2:  # re-tag it with the session key: authentic but wrong
+                    b[-16:] = tag(c.key, bytes(b[:-16]))
+            else:
+                b = bytearray(sent[pos % len(sent)])
+            s.receive_datagram(bytes(b), ADDR, now)
+            s.receive_datagram(good, ADDR, now)
+            now += 256 / 44100
+            s.on_timer(now + 1.0)
+        assert s.counters["drop_internal-error"] == 0
+        if acc.session in s.sessions:  # unless an authentic malformed packet ended it
+            # not wedged: the genuine stream, moved on past anything forged, still flows
+            later = (k + 2**40 // 256) * 256
+            s.receive_datagram(c.audio(blk, later, 0), ADDR, now)
+            s.receive_datagram(c.audio(blk, later + 256, 0), ADDR, now)
+        jobs = jobs_of(s)
+        for a, b in zip(jobs, jobs[1:], strict=False):  # in order, unless it restarted
+            assert b.timestamp > a.timestamp or b.restart
+        if acc.session in s.sessions:
+            assert [j.timestamp for j in jobs[-2:]] == [later, later + 256]
+
+    run()

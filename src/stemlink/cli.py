@@ -192,20 +192,23 @@ def bench_fidelity_cmd(model, audio, json_path, grid) -> None:
               help="Also measure the blueprint's WebSocket design.")
 @click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(2, 3600))
 @click.option("--clients", default=1, show_default=True, type=click.IntRange(1, 64))
-@click.option("--profile", type=click.Choice(["wired", "wifi"]), default=None,
-              help="Network impairment profile (needs the impairment relay).")
+@click.option("--profile", type=click.Choice(["wired", "wifi", "stress"]), default=None,
+              help="Run both systems through `stemlink relay` with this profile (UDP for "
+                   "stemlink, its TCP mode for the WebSocket baseline).")
+@click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Relay seed (with --profile).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
 @_cadence_options
 @_backend_option
 @click.option("--out", "out_dir", default="out/bench-latency", show_default=True,
               type=click.Path(file_okay=False))
-def bench_latency_cmd(model, against, seconds, clients, profile, preset, synthesis_hop,
+def bench_latency_cmd(model, against, seconds, clients, profile, seed, preset, synthesis_hop,
                       mask_hold, backend, out_dir) -> None:
     """End-to-end latency (client clock), compute, CPU and bytes: stemlink vs baseline."""
     from stemlink.bench.latency import PNG, bench_latency, render
 
     r = bench_latency(model, against, seconds, clients, profile, preset, backend,
-                      Path(out_dir), synthesis_hop, mask_hold)
+                      Path(out_dir), seed, synthesis_hop, mask_hold)
     click.echo(render(r))
     click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
 
@@ -260,9 +263,17 @@ def _setup_logging(level: str) -> None:
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--compute-stats", type=click.Path(dir_okay=False), hidden=True,
               help="Write per-block compute times as JSON at exit (used by benchmarks).")
+@click.option("--reorder-ms", default=10.0, show_default=True, type=click.FloatRange(0, 200),
+              help="Input reorder window: how long a missing AUDIO block is waited for "
+                   "before it is concealed (the most delay it adds to the blocks behind "
+                   "it; stated to clients).")
+@click.option("--playout-ms", default=200.0, show_default=True,
+              type=click.FloatRange(1, 10000),
+              help="Playout budget for clients that state none: output later than this "
+                   "is not computed or sent.")
 @_psk_option
 def serve(model, host, port, backend, preset, synthesis_hop, mask_hold, max_sessions,
-          idle_timeout, log_level, compute_stats, psk) -> None:
+          idle_timeout, log_level, compute_stats, reorder_ms, playout_ms, psk) -> None:
     """Run the UDP separation server (SIGINT/SIGTERM stop it cleanly)."""
     from stemlink.loop import run_loop
     from stemlink.udp_server.server import ServeOptions, Server
@@ -271,6 +282,7 @@ def serve(model, host, port, backend, preset, synthesis_hop, mask_hold, max_sess
     try:
         srv = Server(ServeOptions(model, host, port, backend, preset, max_sessions,
                                   idle_timeout, psk.encode(), compute_stats,
+                                  reorder_ms=reorder_ms, playout_ms=playout_ms,
                                   synthesis_hop=synthesis_hop, mask_hold=mask_hold))
     except OSError as e:
         raise StemlinkError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
@@ -350,6 +362,199 @@ def live(server, input_device, output_device, monitor, preset, jitter_blocks, bl
                        f"late {js['late']}, duplicates {js['duplicates']}")
     except KeyboardInterrupt:
         click.echo("live: stopped", err=True)
+
+
+# --------------------------------------------------------------------------- relay
+class _PerDirection(click.ParamType):
+    """VALUE for both directions, or up:VALUE / down:VALUE for one."""
+
+    name = "[up:|down:]VALUE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        where, _, num = str(value).rpartition(":")
+        where = where.lower()
+        if where not in ("", "up", "down"):
+            self.fail(f"{value!r}: the prefix must be up: or down:", param, ctx)
+        try:
+            v = float(num)
+        except ValueError:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return (where or "both", v)
+
+
+def _per_direction(values) -> dict | None:
+    """Later values win; `both` sets both directions."""
+    if not values:
+        return None
+    out: dict = {}
+    for where, v in values:
+        for d in (("up", "down") if where == "both" else (where,)):
+            out[d] = v
+    return out
+
+
+def _relay_knobs(f):
+    knobs = [
+        ("--duplicate", "probability of sending a datagram twice"),
+        ("--reorder", "probability of swapping a datagram with the next one (adjacent swap)"),
+        ("--delay-ms", "fixed one-way delay, ms"),
+        ("--jitter-ms", "cap of the heavy-tailed (Lomax) extra delay, ms; FIFO, never "
+                        "reorders"),
+        ("--burst", "mean loss-burst length in datagrams (1 = independent losses)"),
+        ("--loss", "stationary loss rate of the Gilbert-Elliott model (0.05 = 5 %)"),
+    ]
+    for flag, text in knobs:
+        f = click.option(flag, type=_PerDirection(), multiple=True, help=text)(f)
+    f = click.option("--profile", type=click.Choice(["wired", "wifi", "stress"]),
+                     help="wired: jitter <= 0.3 ms; wifi: 2 % loss in bursts of 3, jitter "
+                          "<= 3 ms, 0.5 % reorder; stress: 10 % loss in bursts of 2, jitter "
+                          "<= 5 ms, 1 % reorder, 0.5 % duplicates. Flags override it.")(f)
+    return f
+
+
+def _relay_config(profile, loss, burst, jitter_ms, delay_ms, reorder, duplicate, outage,
+                  seed):
+    from stemlink.bench.relay import make_config
+
+    return make_config(profile, seed, outage, loss=_per_direction(loss),
+                       burst=_per_direction(burst), jitter_ms=_per_direction(jitter_ms),
+                       delay_ms=_per_direction(delay_ms), reorder=_per_direction(reorder),
+                       duplicate=_per_direction(duplicate))
+
+
+@cli.command()
+@click.option("--listen", required=True, help="HOST:PORT clients send to (port 0: any).")
+@click.option("--to", "to", required=True, help="HOST:PORT of the server.")
+@_relay_knobs
+@click.option("--outage", type=(float, float), multiple=True, metavar="START_S LEN_S",
+              help="Drop everything, both directions, from START_S after the first "
+                   "datagram for LEN_S seconds (a Wi-Fi dropout). Repeatable.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="Write one line per datagram: seconds, direction, bytes, action.")
+@click.option("--seconds", type=click.FloatRange(0.1, None), default=None,
+              help="Stop after this long (default: until SIGINT/SIGTERM).")
+@click.option("--stats", "stats_path", type=click.Path(dir_okay=False),
+              help="Write the summary as JSON at exit (used by benchmarks).")
+@click.option("--tcp", is_flag=True,
+              help="Relay TCP connections instead (for the WebSocket baseline): the same "
+                   "link per MSS-sized segment; a lost segment is retransmitted (fast "
+                   "retransmit / tail-loss probe, or the >= 200 ms RTO) and everything "
+                   "behind it waits. Reorder and duplicate do not apply.")
+@click.option("--tcp-recovery", type=click.Choice(["linux", "rto"]), default="linux",
+              show_default=True,
+              help="linux: fast retransmit after 3 later segments or a tail-loss probe, the "
+                   "RTO for lost retransmissions; rto: every loss waits for the RTO.")
+def relay(listen, to, profile, loss, burst, jitter_ms, delay_ms, reorder, duplicate, outage,
+          seed, log_path, seconds, stats_path, tcp, tcp_recovery) -> None:
+    """Seeded impairment relay for UDP (loss in Gilbert-Elliott bursts, jitter,
+    reordering, duplication, dropouts) between clients and a server.
+
+    Directions: up = client to server, down = server to client. Every knob takes VALUE
+    (both directions) or up:VALUE / down:VALUE (one direction) and may be repeated; later
+    values win, e.g. `--loss 0.02 --loss down:0.1`. Runs are deterministic for a --seed
+    given the same arrival order. Prints a summary per direction at exit.
+    """
+    from stemlink.bench.relay import parse_host_port, run_relay
+
+    cfg = _relay_config(profile, loss, burst, jitter_ms, delay_ms, reorder, duplicate,
+                        outage, seed)
+    run_relay(cfg, parse_host_port(listen, "--listen"), parse_host_port(to, "--to"),
+              log_path, seconds, lambda s: click.echo(s, err=True), stats_path, tcp,
+              tcp_recovery)
+
+
+@bench.command("network")
+@_model_option
+@_backend_option
+@click.option("--audio", type=click.Path(dir_okay=False),
+              help="Song to stream (default: the bundled example; see `bench make-song`).")
+@click.option("--seconds", type=click.FloatRange(2, 3600), default=None,
+              help="Loop or cut the song to this length (default: as it is).")
+@click.option("--profile", "profiles", multiple=True,
+              type=click.Choice(["wired", "wifi", "stress"]), help="One run per profile.")
+@click.option("--relay", "specs", multiple=True, metavar="'RELAY FLAGS'",
+              help="One run with these `stemlink relay` flags, e.g. --relay '--reorder 0.02'.")
+@click.option("--loss", "losses", multiple=True, type=click.FloatRange(0, 0.99),
+              help="One run per loss rate (both directions).")
+@click.option("--burst", default=1.0, show_default=True, type=click.FloatRange(1, None),
+              help="Mean loss-burst length for the --loss runs (1 = independent).")
+@click.option("--outage", "outages", type=(float, float), multiple=True,
+              metavar="START_S LEN_S", help="One run per dropout (both directions); SDR is "
+                                            "also measured from 2 s after it ends.")
+@click.option("--clients", default=1, show_default=True, type=click.IntRange(1, 2),
+              help="2: the second client goes straight to the server, beside the first.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
+@click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Relay seed.")
+@click.option("--sdr-from", "sdr_from", type=click.FloatRange(0, None), default=None,
+              help="Also measure SDR from this second on (runs other than dropouts).")
+@click.option("--send-opt", "send_opts", multiple=True, metavar="KEY=VALUE",
+              help="Pass an option to every `send` client (a SendOptions field, e.g. "
+                   "jitter_ms=80). Repeatable.")
+@click.option("--out", "out_dir", default="out/bench-network", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_network_cmd(model, backend, audio, seconds, profiles, specs, losses, burst, outages,
+                      clients, preset, seed, sdr_from, send_opts, out_dir) -> None:
+    """The server through the impairment relay: lost/late/concealed blocks, end-to-end
+    latency, SDR against an undisturbed run, server CPU and counters, per run."""
+    import shlex
+
+    from stemlink.bench.network import PNG, bench_network, parse_send_opts, render
+
+    for sp in specs:  # check relay flags here, so that a typo fails before any run
+        try:
+            ctx = relay.make_context("relay", ["--listen", "127.0.0.1:0", "--to",
+                                               "127.0.0.1:1", *shlex.split(sp)])
+        except click.exceptions.ClickException as e:
+            raise StemlinkError(f"--relay {sp!r}: {e.format_message()}") from None
+        p = ctx.params
+        try:
+            _relay_config(p["profile"], p["loss"], p["burst"], p["jitter_ms"], p["delay_ms"],
+                          p["reorder"], p["duplicate"], p["outage"], p["seed"])
+        except StemlinkError as e:
+            raise StemlinkError(f"--relay {sp!r}: {e}") from None
+    if not (profiles or specs or losses or outages):
+        raise StemlinkError("nothing to compare with the reference: give --profile, "
+                            "--relay, --loss or --outage")
+    click.echo("command: stemlink " + shlex.join(sys.argv[1:]), err=True)
+    r = bench_network(model, audio, seconds, list(profiles), list(specs), list(losses), burst,
+                      list(outages), clients, preset, backend, seed, sdr_from,
+                      parse_send_opts(list(send_opts)), Path(out_dir),
+                      say=lambda s: click.echo(s, err=True))
+    click.echo(render(r))
+    click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
+
+
+@bench.command("relay")
+@click.option("--datagrams", default=200_000, show_default=True,
+              type=click.IntRange(1000, 10_000_000), help="Datagrams per profile.")
+@click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
+def bench_relay_cmd(datagrams, seed, json_path) -> None:
+    """What each relay profile does (loss rate, burst length, delay, swaps, duplicates; and
+    the TCP mode's retransmission delay), measured on the relay's sans-IO cores."""
+    from stemlink.bench.calibrate import bench_relay, render, save
+
+    r = bench_relay(datagrams, seed)
+    click.echo(render(r))
+    if json_path:
+        save(r, json_path)
+
+
+@bench.command("make-song")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(1, 3600))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
+def bench_make_song_cmd(path, seconds, seed) -> None:
+    """Synthesise a stereo test song (sung vowels, bass, chords, drums), deterministic for a
+    seed, as 16-bit WAV at 44.1 kHz."""
+    from stemlink.bench.song import write_song
+
+    p = write_song(path, seconds, seed)
+    click.echo(f"wrote {p} ({seconds:g} s, seed {seed})")
 
 
 # --------------------------------------------------------------------------- demo

@@ -70,15 +70,20 @@ def deadline_ms(model: str, preset: str, backend: str, synthesis_hop: int | None
 
 
 def run_stemlink(model: str, wav: Path, clients: int, preset: str, backend: str,
-                 tmp: Path, synthesis_hop: int | None = None,
-                 mask_hold: int | None = None) -> dict:
+                 tmp: Path, relay_args: list[str] | None = None,
+                 synthesis_hop: int | None = None, mask_hold: int | None = None) -> dict:
     deadline = deadline_ms(model, preset, backend, synthesis_hop, mask_hold)
     port = procs.free_port()
     child = procs.stemlink_server(model, port, preset, backend, tmp / "stemlink.json")
+    relay = relay_cmd = None
     try:
-        reps = run_clients(wav, port, preset, clients, deadline, synthesis_hop, mask_hold)
+        to = port
+        if relay_args is not None:  # the clients go through the UDP impairment relay
+            relay, to, relay_cmd = procs.stemlink_relay(port, relay_args, tmp / "relay-udp.json")
+        reps = run_clients(wav, to, preset, clients, deadline, synthesis_hop, mask_hold)
         cpu = child.cpu_use()
     finally:
+        relay_stats = relay.stop() if relay is not None else None
         stats = child.stop()
     lat = [v for r in reps for v in r.block_latency_ms]
     r0 = reps[0]
@@ -98,25 +103,31 @@ def run_stemlink(model: str, wav: Path, clients: int, preset: str, backend: str,
                                    "down": r0.bytes_received / secs},
         "lost_blocks": int(sum(r.lost for r in reps)),
         "late_blocks": int(sum(r.late for r in reps)),
-        "rtt_ms": r0.rtt_ms,
+        "rtt_ms": r0.rtt_ms, "relay_command": relay_cmd, "relay": relay_stats,
     }
 
 
 def run_baseline(model: str, x: np.ndarray, sr: int, clients: int, backend: str,
-                 tmp: Path) -> dict:
+                 tmp: Path, relay_args: list[str] | None = None) -> dict:
     from stemlink.bench import baseline as bl
 
     port = procs.free_port(procs.socket.SOCK_STREAM)
     child = procs.baseline_server(model, port, backend, tmp / "baseline.json")
-    url = f"ws://127.0.0.1:{port}/ws/separate"
-
-    async def go():
-        return await asyncio.gather(*[bl.run_client(url, x, sr) for _ in range(clients)])
-
+    relay = relay_cmd = None
     try:
+        to = port
+        if relay_args is not None:  # the same link, in the relay's TCP mode
+            relay, to, relay_cmd = procs.stemlink_relay(port, relay_args,
+                                                        tmp / "relay-tcp.json", tcp=True)
+        url = f"ws://127.0.0.1:{to}/ws/separate"
+
+        async def go():
+            return await asyncio.gather(*[bl.run_client(url, x, sr) for _ in range(clients)])
+
         runs = asyncio.run(go())
         cpu = child.cpu_use()
     finally:
+        relay_stats = relay.stop() if relay is not None else None
         stats = child.stop()
     window = int(sr * bl.WINDOW_SECONDS)
     lat = [v for r in runs for v in bl.block_latencies(r, x.shape[1], window // 2, BLOCK)]
@@ -131,28 +142,38 @@ def run_baseline(model: str, x: np.ndarray, sr: int, clients: int, backend: str,
         "bytes_per_s_per_client": {"up": runs[0].bytes_sent / secs,
                                    "down": runs[0].bytes_received / secs},
         "lost_blocks": int(sum(np.isnan(lat))), "late_blocks": None,
+        "relay_command": relay_cmd, "relay": relay_stats,
         "deadline_ms": None, "missed_deadlines": None,
     }
 
 
 def bench_latency(model: str, against: str | None, seconds: float, clients: int,
                   profile: str | None, preset: str, backend: str, out: Path,
-                  synthesis_hop: int | None = None, mask_hold: int | None = None) -> dict:
-    if profile not in (None, "wired"):
-        raise StemlinkError(f"--profile {profile}: the impairment relay is not built yet; "
-                            "only loopback ('wired', no impairment) can be measured")
+                  seed: int = 1, synthesis_hop: int | None = None,
+                  mask_hold: int | None = None) -> dict:
+    from stemlink.bench.relay import PROFILES
+
+    if profile is not None and profile not in PROFILES:
+        raise StemlinkError(f"--profile {profile}: unknown (choose from {', '.join(PROFILES)})")
+    # with a profile both systems go through `stemlink relay` (UDP, and TCP for the
+    # WebSocket baseline) with the same link settings and seed
+    relay_args = None if profile is None else ["--profile", profile, "--seed", str(seed)]
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         x, sr = bench_audio(seconds, tmp / "bench.wav")
         systems = {"stemlink": run_stemlink(model, tmp / "bench.wav", clients, preset,
-                                            backend, tmp, synthesis_hop, mask_hold)}
+                                            backend, tmp, relay_args, synthesis_hop,
+                                            mask_hold)}
         if against == "baseline":
-            systems["baseline"] = run_baseline(model, x, sr, clients, backend, tmp)
+            systems["baseline"] = run_baseline(model, x, sr, clients, backend, tmp,
+                                               relay_args)
     result = {
         "benchmark": "latency", "command": "stemlink " + " ".join(sys.argv[1:]),
         "machine": machine(), "seconds": seconds, "clients": clients, "preset": preset,
-        "backend": backend, "network": "loopback", "block_samples": BLOCK, "systems": systems,
+        "backend": backend, "block_samples": BLOCK, "systems": systems,
+        "network": ("loopback" if profile is None else
+                    f"loopback through stemlink relay, profile {profile}, seed {seed}"),
     }
     if "baseline" in systems:
         result["ratio_stemlink_p99_to_baseline_p50"] = (
@@ -183,10 +204,13 @@ def render(result: dict) -> str:
             f"{result['seconds']:g} s of audio each, preset {result['preset']}, backend "
             f"{result['backend']}\nmachine: {describe(result['machine'])}\n"
             f"command: {result['command']}\n\n")
-    tail = ""
+    tail = "".join(f"\n{name} relay: `{s['relay_command']}`"
+                   for name, s in result["systems"].items() if s.get("relay_command"))
+    if tail:
+        tail = "\n" + tail
     if "ratio_stemlink_p99_to_baseline_p50" in result:
         r = result["ratio_stemlink_p99_to_baseline_p50"]
-        tail = (f"\n\nstemlink p99 / baseline p50 = {r:.3f} "
+        tail += (f"\n\nstemlink p99 / baseline p50 = {r:.3f} "
                 f"(baseline p50 is {1 / r:.1f}x stemlink's p99)")
     return head + table + tail
 
@@ -209,7 +233,8 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xlabel("end-to-end latency per 256-sample block (ms, log scale)")
     ax.set_ylabel("fraction of blocks")
     ax.set_title(f"stemlink vs blueprint baseline: {result['clients']} client(s), preset "
-                 f"{result['preset']}, loopback\n{describe(result['machine'])}", fontsize=9)
+                 f"{result['preset']}, {result['network']}\n{describe(result['machine'])}",
+                 fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

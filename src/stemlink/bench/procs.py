@@ -94,3 +94,15 @@ def baseline_server(model: str, port: int, backend: str, stats: Path) -> Child:
         raise StemlinkError("baseline server did not start in time")
     child.t0, child.cpu0 = time.monotonic(), cpu_seconds(child.proc.pid)
     return child
+
+
+def stemlink_relay(target_port: int, args: list[str], stats: Path,
+                   tcp: bool = False) -> tuple[Child, int, str]:
+    """A `stemlink relay` child in front of 127.0.0.1:target_port; -> (child, its port,
+    the command line as a user would type it)."""
+    port = free_port(socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+    cmd = ["relay", "--listen", f"127.0.0.1:{port}", "--to", f"127.0.0.1:{target_port}",
+           *(["--tcp"] if tcp else []), *args]
+    child = Child(["-m", "stemlink", *cmd, "--stats", str(stats)],
+                  "stemlink relay listening", stats)
+    return child, port, "stemlink " + " ".join(cmd)

@@ -59,6 +59,14 @@ class ServerBye:
     reason: int
 
 
+@dataclass(frozen=True, slots=True)
+class SessionError:
+    """The server ended an established session with an ERROR (protocol or server error)."""
+
+    code: int
+    message: str
+
+
 class ClientCore:
     HELLO_RETRY_S = 0.25
     HELLO_TRIES = 12
@@ -137,6 +145,14 @@ class ClientCore:
             if not pk.check_tag(data, self.key):
                 raise pk.WireError("bad-tag")
             return [StemBlock(h, data)]
+        if t is PacketType.ERROR and h.session != 0:
+            if self.state is not State.ESTABLISHED or h.session != self.session:
+                raise pk.WireError("unknown-session")
+            if not pk.check_tag(data, self.key):
+                raise pk.WireError("bad-tag")
+            err = pk.decode_error(pk.payload(data, h))
+            self.state = State.CLOSED
+            return [SessionError(err.code, err.message)]
         if t in (PacketType.COOKIE, PacketType.ACCEPT, PacketType.ERROR):
             return self._handshake(h, data, now)
         if self.state is not State.ESTABLISHED or h.session != self.session:

@@ -13,7 +13,14 @@ import numpy as np
 
 from stemlink import audio as aio
 from stemlink.percentiles import summarize
-from stemlink.udp_client.core import ClientCore, Pong, StemBlock
+from stemlink.udp_client.core import (
+    ClientCore,
+    ClientError,
+    Pong,
+    ServerBye,
+    SessionError,
+    StemBlock,
+)
 from stemlink.udp_client.transport import connect
 from stemlink.wire import packets as pk
 from stemlink.wire.constants import PRESET_NAMES, Flags, SampleFormat
@@ -38,8 +45,12 @@ class SendOptions:
     synthesis_hop: int | None = None  # m, samples (None: the server's choice)
     mask_hold: int | None = None  # k, synthesis hops per inference (None: the server's)
     ping_every_s: float = 0.5
-    drain_s: float = 2.0
+    drain_s: float = 2.0  # how long to wait for the last stems
+    stall_s: float = 15.0  # not paced: give up when no stem at all came back for this long
     first_seq: int = 0
+    # What the server is told: ARCHIVAL = every block is wanted however late (files);
+    # a number of ms = blocks later than that are of no use (as a live listener).
+    playout_ms: int = pk.ARCHIVAL
 
 
 @dataclass
@@ -102,7 +113,7 @@ async def send_file(opts: SendOptions) -> SendReport:
                       fmt=opts.fmt, preset=opts.preset, hop_frames=opts.hop_frames,
                       lookahead=opts.lookahead, synthesis=opts.synthesis, psk=opts.psk,
                       synthesis_hop=opts.synthesis_hop, mask_hold=opts.mask_hold,
-                      first_seq=opts.first_seq)
+                      first_seq=opts.first_seq, playout_ms=opts.playout_ms)
     state = _Receiver()
     proto, acc_ev = await connect(core, opts.server, state.on_event)
     acc = acc_ev.accept
@@ -138,16 +149,27 @@ async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, n
     t0 = t0_ns / 1e9
     next_ping = t0
     for k in range(nblocks):
+        state.check_ended()
         if opts.realtime:
             due = t0 + (k + 1) * b / sr
             while (delay := due - time.monotonic()) > 0:  # timers may fire early (1 ms grain)
                 await asyncio.sleep(delay)
             state.send_ns[k] = t0_ns + (k + 1) * b * 1e9 / sr
         else:
-            while k - state.complete_upto() > AFAP_WINDOW:
+            # flow control on the newest block heard back (a lost stem must not stall it)
+            since = time.monotonic()
+            while k - state.newest_block() > AFAP_WINDOW:
                 await asyncio.sleep(0.0005)
-                if time.monotonic() - state.last_rx > opts.drain_s and state.last_rx:
-                    break
+                state.check_ended()
+                now = time.monotonic()
+                if now - max(state.last_rx, since) > opts.stall_s:
+                    raise ClientError(f"the server sent no stems for {opts.stall_s:g} s "
+                                      "(is it overloaded, or the network down?)")
+                if now >= next_ping:  # keep the session alive while the server catches up
+                    next_ping = now + opts.ping_every_s
+                    ping = core.ping(now)
+                    proto.send(ping)
+                    state.bytes_sent += len(ping)
             state.send_ns[k] = time.monotonic_ns()
         now = time.monotonic()
         if now >= next_ping:
@@ -162,6 +184,7 @@ async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, n
         state.sent += 1
     deadline = time.monotonic() + opts.drain_s
     while state.received < state.expected and time.monotonic() < deadline:
+        state.check_ended()
         await asyncio.sleep(0.005)
     state.seconds = time.monotonic() - t0
 
@@ -176,6 +199,8 @@ class _Receiver:
         self.bytes_sent = self.bytes_received = 0
         self.last_rx = 0.0
         self.seconds = 0.0
+        self.ended: SessionError | ServerBye | None = None
+        self._newest = -1
 
     def setup(self, n_stems: int, channels: int, nblocks: int, b: int) -> None:
         self.b, self.nblocks = b, nblocks
@@ -192,6 +217,18 @@ class _Receiver:
             self._complete += 1
         return self._complete
 
+    def newest_block(self) -> int:
+        return self._newest
+
+    def check_ended(self) -> None:
+        """Raise if the server ended the session (ERROR, or BYE on timeout/shutdown)."""
+        if isinstance(self.ended, SessionError):
+            raise ClientError(f"the server ended the session: {self.ended.message}")
+        if isinstance(self.ended, ServerBye):
+            why = {1: "idle timeout", 2: "server shutting down"}.get(self.ended.reason,
+                                                                     "normal")
+            raise ClientError(f"the server ended the session ({why})")
+
     def on_event(self, ev) -> None:
         if isinstance(ev, StemBlock):
             self.bytes_received += len(ev.data)
@@ -206,12 +243,15 @@ class _Receiver:
             pk.read_media(ev.data, h, self.stems[h.stem, :, h.timestamp:h.timestamp + self.b])
             self.arrival_ns[h.stem, k] = time.monotonic_ns()
             self._per_block[k] += 1
+            self._newest = max(self._newest, k)
             self.received += 1
             self.last_rx = time.monotonic()
             if h.flags & Flags.CONCEALED:
                 self.concealed += 1
         elif isinstance(ev, Pong):
             self.rtt_ns.append(ev.rtt_ns)
+        elif isinstance(ev, (SessionError, ServerBye)):
+            self.ended = ev
 
     def report(self, acc, files, n, d, b, core, opts) -> SendReport:
         arrival = self.arrival_ns

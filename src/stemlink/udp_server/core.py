@@ -1,8 +1,15 @@
-"""Server protocol core, sans-IO: datagrams and `now` in, datagrams and jobs out.
+"""Server protocol core, sans-IO: datagrams and `now` in; datagrams and worker messages
+out; `next_timer()`/`on_timer(now)` for the reorder windows and idle timeouts.
 
 It validates, authenticates and routes packets; it never raises on a datagram: anything
 malformed is dropped silently and counted by reason. Before an address has echoed a
 cookie, the server sends it no more bytes than it received (COOKIE <= HELLO).
+
+Ownership: a Session (below) is the network side of a session and belongs to the event
+loop; its Stream (separator, STEM encoder) is handed to the worker in an OpenStream
+message at the start and never touched here again. The two share only the session's
+InputRing (single producer, single consumer). The worker's results come back through
+`deliver()`, `stream_failed()` and `stream_released()`, called on the loop.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
 from collections import Counter, deque
@@ -18,8 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from stemlink.udp_server.reorder import Released as Arrived
+from stemlink.udp_server.reorder import ReorderBuffer
+from stemlink.udp_server.ring import InputRing
+from stemlink.udp_server.stream import Job, Stream, playout_seconds
+from stemlink.udp_server.worker import CloseStream, Message, OpenStream
 from stemlink.wire import packets as pk
 from stemlink.wire.auth import handshake_key, session_key
 from stemlink.wire.constants import (
@@ -35,15 +46,18 @@ from stemlink.wire.constants import (
     PacketType,
     SampleFormat,
 )
-from stemlink.wire.seq import ReplayWindow
+from stemlink.wire.seq import ReplayWindow, seq_gt
 
 log = logging.getLogger("stemlink.server")
 
 Addr = tuple[Any, ...]
 COOKIE_LIFETIME_S = 10
-MAX_GAP_S = 2.0  # a timestamp jump beyond this is refused rather than concealed
-RING_BLOCKS = 64  # per-session input blocks buffered between receive loop and worker
-MAX_PENDING = 48  # per-session queue bound (< RING_BLOCKS): beyond it blocks are dropped
+REORDER_MS = 10.0  # default input reorder window: > one 256-frame block (5.8 ms) + jitter
+PLAYOUT_MS = 200.0  # default playout budget for clients that state none
+PENDING_S = 1.0  # per-session bound on input waiting for the worker, in audio time
+ARCHIVAL_SLACK_S = 1.0  # archival sessions' blocks are due this long after arrival
+CLOCK_WINDOW_S = 1.0  # the media clock follows the least-delayed arrival of this window
+RESTART_BEHIND_S = 1.0  # a fresh packet this far behind the timeline restarts the stream
 
 
 @dataclass(frozen=True)
@@ -82,8 +96,34 @@ class StreamSetup:
     mask_hold: int = 1  # k
 
 
-@dataclass
+class MediaClock:
+    """Maps a session's media timestamps to the server clock: when a block should have
+    arrived had it met no queueing, i.e. the least-delayed arrival of the last
+    CLOCK_WINDOW_S (so a sender that stalls once is followed after that window)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.rate = sample_rate
+        self._win: deque[tuple[float, float]] = deque()  # (arrival, offset), offset rising
+
+    def observe(self, end_ts: int, arrival: float) -> None:
+        off = arrival - end_ts / self.rate
+        while self._win and self._win[-1][1] >= off:
+            self._win.pop()
+        self._win.append((arrival, off))
+        while self._win[0][0] < arrival - CLOCK_WINDOW_S:
+            self._win.popleft()
+
+    def due(self, end_ts: int) -> float:
+        return self._win[0][1] + end_ts / self.rate
+
+    def reset(self) -> None:
+        self._win.clear()
+
+
+@dataclass(eq=False)  # compared and hashed by identity (kept in sets)
 class Session:
+    """The network side of a session: owned by the event loop."""
+
     id: int
     addr: Addr
     key: bytes
@@ -96,36 +136,25 @@ class Session:
     accept_packet: bytes
     started: float
     last_rx: float
+    ring: InputRing
+    reorder: ReorderBuffer
+    clock: MediaClock
+    playout_s: float  # client's playout budget; inf = archival
     replay: ReplayWindow = field(default_factory=lambda: ReplayWindow(256))
-    next_ts: int = 0  # first sample not yet queued
-    ring: np.ndarray | None = None  # [RING_BLOCKS, C, block] input blocks for the worker
-    ring_pos: int = 0
-    stem_seq: list[int] = field(default_factory=list)
-    # jobs handed to the worker, and jobs it has taken: each counter has one writer thread,
-    # so their difference is a race-free queue length
-    queued: int = 0
-    taken: int = 0
-    worker_pos: int = 0  # samples the separator has consumed (worker thread only)
-    writer: pk.MediaWriter | None = None  # STEM encoder, used by the worker thread only
-    zero_block: np.ndarray | None = None  # silence that conceals gaps (worker thread)
     closed: bool = False
     counters: Counter = field(default_factory=Counter)
 
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    session: Session
-    timestamp: int
-    slot: int  # index into session.ring
-    flags: int
-    sent_ns: int  # the client's send time of this block, echoed on the STEM packets
+    @property
+    def archival(self) -> bool:
+        return self.playout_s == float("inf")
 
 
 class ServerCore:
     def __init__(self, *, card_stems: list[str], model_name: str, sample_rate: int,
                  channels: int, make_stream: Callable[[StreamRequest], StreamSetup],
                  psk: bytes = b"", max_sessions: int = 8, idle_timeout: float = 10.0,
-                 secret: bytes | None = None) -> None:
+                 secret: bytes | None = None, reorder_ms: float = REORDER_MS,
+                 playout_ms: float = PLAYOUT_MS) -> None:
         self.stems = list(card_stems)
         self.model_name = model_name
         self.sample_rate = sample_rate
@@ -137,13 +166,18 @@ class ServerCore:
         self.idle_timeout = idle_timeout
         self.secret = secret or secrets.token_bytes(32)
         self.features = int(Features.NONE)  # optional features this server grants
-        self.reorder_ms = 0  # input reorder window (ms), stated in ACCEPT
+        self.reorder_ms = reorder_ms  # input reorder window, stated in ACCEPT
+        self.playout_ms = playout_ms
         self.sessions: dict[int, Session] = {}
         self.by_nonce: dict[tuple[Addr, bytes], Session] = {}
         self.counters: Counter = Counter()
         self.outbox: list[tuple[bytes, Addr]] = []
-        self.jobs: list[Job] = []
+        self.messages: list[Message] = []  # for the worker, in order
         self.recent_ends: deque[tuple[int, str]] = deque(maxlen=256)  # (id, why)
+        self.stream_counters: Counter = Counter()  # worker-side totals of ended streams
+        self._ending: dict[int, tuple[Session, str, float]] = {}  # closed, worker not done
+        self._waiting: set[Session] = set()  # sessions whose reorder window holds blocks
+        _check_accept_fits(model_name, self.stems)
 
     # ---------------------------------------------------------------- entry points
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
@@ -172,25 +206,38 @@ class ServerCore:
             self.close(s, "timeout", now, notify=True)
         return gone
 
-    def close(self, s: Session, why: str, now: float, notify: bool = False) -> None:
+    def next_timer(self) -> float | None:
+        """The earliest moment on_timer() has work: a reorder window running out. Only
+        sessions holding blocks are looked at (one set, kept by _to_worker)."""
+        t = None
+        for s in self._waiting:
+            d = s.reorder.deadline()
+            if d is not None and (t is None or d < t):
+                t = d
+        return t
+
+    def on_timer(self, now: float) -> None:
+        for s in list(self._waiting):
+            self._to_worker(s, s.reorder.poll(now))
+
+    def close(self, s: Session, why: str, now: float, notify: bool = False,
+              error: tuple[ErrorCode, str] | None = None) -> None:
+        """End a session: forget it here, tell the client (BYE or ERROR) and the worker.
+        Its STEM packets still in flight are dropped by deliver()."""
         if s.closed:
             return
         s.closed = True
+        self._waiting.discard(s)
         self.sessions.pop(s.id, None)
         self.by_nonce.pop((s.addr, s.client_nonce), None)
-        if notify:
+        if error is not None:
+            self._send_session(s, PacketType.ERROR, pk.encode_error(*error), now)
+        elif notify:
             reason = ByeReason.TIMEOUT if why == "timeout" else ByeReason.SHUTDOWN
             self._send_session(s, PacketType.BYE, pk.encode_bye(reason), now)
-        c = s.counters
-        log.info(
-            "session %08x %s ended (%s) after %.1f s: audio %d, stems %d, dropped %d "
-            "(replay %d, late %d), concealed blocks %d, overload drops %d",
-            s.id, _fmt(s.addr), why, now - s.started, c["audio"], c["stem_packets"],
-            c["dropped"], c["replay"], c["late"], c["concealed_blocks"], c["overload"])
         self.recent_ends.append((s.id, why))
-        # free the per-session buffers now; the worker skips closed sessions
-        s.ring = None
-        s.setup = dataclasses.replace(s.setup, separator=None)
+        self._ending[s.id] = (s, why, now)
+        self.messages.append(CloseStream(s.id))
 
     def shutdown(self, now: float) -> None:
         for s in list(self.sessions.values()):
@@ -200,9 +247,46 @@ class ServerCore:
         out, self.outbox = self.outbox, []
         return out
 
-    def take_jobs(self) -> list[Job]:
-        out, self.jobs = self.jobs, []
+    def take_messages(self) -> list[Message]:
+        out, self.messages = self.messages, []
         return out
+
+    # ---------------------------------------------------------------- worker results
+    def deliver(self, session: int, datagrams: list[bytes]) -> None:
+        """STEM datagrams from the worker: sent only while the session is open."""
+        s = self.sessions.get(session)
+        if s is None:
+            self.counters["stem_after_close"] += len(datagrams)
+            return
+        s.counters["stem_packets"] += len(datagrams)
+        for d in datagrams:
+            self.outbox.append((d, s.addr))
+
+    def stream_failed(self, session: int, message: str, counters: dict, now: float) -> None:
+        s = self.sessions.get(session)
+        self.counters["stream_failures"] += 1
+        if s is not None:
+            self.close(s, "error", now, error=(ErrorCode.INTERNAL, message))
+        self.stream_released(session, counters)
+
+    def stream_released(self, session: int, counters: dict) -> None:
+        """The worker let the stream go: log the session's end with both sides' counts."""
+        ending = self._ending.pop(session, None)
+        self.stream_counters.update(counters)
+        if ending is None:
+            return
+        s, why, now = ending
+        c, w = s.counters, counters
+        log.info(
+            "session %08x %s ended (%s) after %.1f s: audio %d, stems %d, dropped %d "
+            "(replay %d, late %d, overload %d), reorder gaps %d, restarts %d; worker: "
+            "inferences %d, skipped %d, concealed input blocks %d, gaps jumped %d, "
+            "concealed output blocks %d, stale blocks %d",
+            s.id, _fmt(s.addr), why, now - s.started, c["audio"], c["stem_packets"],
+            c["dropped"], c["replay"], c["late"], c["overload"], s.reorder.gaps,
+            c["restarts"], w.get("inferences", 0), w.get("skipped_inferences", 0),
+            w.get("concealed_input_blocks", 0), w.get("gap_jumps", 0),
+            w.get("concealed_blocks", 0), w.get("stale_blocks", 0))
 
     # ---------------------------------------------------------------- handshake
     def _cookie(self, addr: Addr, nonce: bytes, t: int) -> bytes:
@@ -278,25 +362,33 @@ class ServerCore:
                            PRESET_CODES.get(setup.preset, 0), setup.hop_frames,
                            setup.lookahead, SYNTHESIS_CODES[setup.synthesis], setup.delay,
                            setup.synthesis_hop, setup.mask_hold,
-                           hello.features & self.features, self.reorder_ms, snonce,
+                           hello.features & self.features, math.ceil(self.reorder_ms), snonce,
                            self.model_name,
                            tuple(self.stems))
         packet = pk.encode(pk.Header(PacketType.ACCEPT, 0, sid, 0, 0, h.send_time),
                            pk.encode_accept(accept), self.hkey)
-        s = Session(sid, addr, key, hello.nonce, snonce, hello.block_frames, self.channels,
-                    SampleFormat(hello.format), setup, packet, now, now)
+        playout_s = playout_seconds(hello.playout_ms, self.playout_ms)
         # everything the session's hot path touches is allocated here, once
-        s.ring = np.zeros((RING_BLOCKS, self.channels, hello.block_frames), np.float32)
-        s.writer = pk.MediaWriter(hello.block_frames, self.channels, hello.format)
-        s.zero_block = np.zeros((self.channels, hello.block_frames), np.float32)
-        s.stem_seq = [0] * len(self.stems)
+        ring = InputRing(self.channels, hello.block_frames, PENDING_S, self.sample_rate)
+        wait_s = self.reorder_ms / 1000.0
+        horizon = max(2, math.ceil(2 * wait_s * self.sample_rate / hello.block_frames))
+        s = Session(sid, addr, key, hello.nonce, snonce, hello.block_frames, self.channels,
+                    SampleFormat(hello.format), setup, packet, now, now, ring,
+                    ReorderBuffer(hello.block_frames, wait_s, horizon),
+                    MediaClock(self.sample_rate), playout_s)
+        self.messages.append(OpenStream(Stream(
+            session=sid, key=key, separator=setup.separator, ring=ring,
+            block=hello.block_frames, channels=self.channels, fmt=SampleFormat(hello.format),
+            n_stems=len(self.stems), sample_rate=self.sample_rate, playout_s=playout_s)))
+        s.setup = dataclasses.replace(setup, separator=None)  # the worker's from now on
         self.sessions[sid] = s
         self.by_nonce[(addr, hello.nonce)] = s
         self.outbox.append((packet, addr))
         log.info("session %08x %s started: preset %s H=%d L=%d %s, D=%d samples (%.1f ms), "
-                 "block %d", sid, _fmt(addr), setup.preset, setup.hop_frames, setup.lookahead,
-                 setup.synthesis, setup.delay, 1000 * setup.delay / self.sample_rate,
-                 hello.block_frames)
+                 "block %d, reorder window %g ms, playout budget %s", sid, _fmt(addr),
+                 setup.preset, setup.hop_frames, setup.lookahead, setup.synthesis,
+                 setup.delay, 1000 * setup.delay / self.sample_rate, hello.block_frames,
+                 self.reorder_ms, "archival" if s.archival else f"{1000 * playout_s:g} ms")
 
     def _error(self, addr: Addr, h: pk.Header, code: ErrorCode, msg: str) -> None:
         # only after the cookie proved the address, so a reply is not an amplifier
@@ -313,37 +405,71 @@ class ServerCore:
             return self._drop("wrong-address")
         if not pk.check_tag(data, s.key):
             return self._drop("bad-tag")
-        if h.type is PacketType.AUDIO and not s.replay.check_and_mark(h.seq):
-            return self._drop_session(s, "replay", "replay")
-        s.last_rx = now
+        if h.type is PacketType.AUDIO:
+            fresh = s.replay.top is None or seq_gt(h.seq, s.replay.top)
+            if not s.replay.check_and_mark(h.seq):
+                return self._drop_session(s, "replay", "replay")
+            self._on_audio(s, h, data, fresh, now)
+            return None
+        s.last_rx = now  # only packets that passed every check refresh the session
         if h.type is PacketType.PING:
             self._send_session(s, PacketType.PONG, pk.encode_pong(h.send_time), now)
         elif h.type is PacketType.BYE:
             self.close(s, "bye", now)
-        else:
-            self._on_audio(s, h, data)
         return None
 
-    def _on_audio(self, s: Session, h: pk.Header, data: bytes) -> None:
+    def _on_audio(self, s: Session, h: pk.Header, data: bytes, fresh: bool,
+                  now: float) -> None:
         if h.frames != s.block or h.channels != s.channels or h.format != s.format:
-            return self._drop_session(s, "media-mismatch")
+            return self._protocol_error(s, "media-mismatch", now,
+                                        "AUDIO block differs from the negotiated format")
         if h.timestamp % s.block:
-            return self._drop_session(s, "misaligned-timestamp")
-        if h.timestamp < s.next_ts:
-            return self._drop_session(s, "late", "late")
-        if h.timestamp - s.next_ts > MAX_GAP_S * self.sample_rate:
-            return self._drop_session(s, "timestamp-jump")
-        if s.queued - s.taken >= MAX_PENDING:  # the worker is behind: drop, the worker conceals
-            s.next_ts = h.timestamp + h.frames
-            return self._drop_session(s, "overload", "overload")
-        slot = s.ring_pos
-        s.ring_pos = (slot + 1) % RING_BLOCKS
-        pk.read_media(data, h, s.ring[slot])
-        s.next_ts = h.timestamp + h.frames
+            return self._protocol_error(s, "misaligned-timestamp", now,
+                                        "AUDIO timestamp is not a multiple of the block")
+        s.last_rx = now
         s.counters["audio"] += 1
-        s.queued += 1
-        self.jobs.append(Job(s, h.timestamp, slot, h.flags, h.send_time))
+        arrived = Arrived(h.timestamp, h.flags, h.send_time, now, (h, data))
+        out, verdict = s.reorder.push(arrived, now)
+        if verdict == "late" and fresh and (
+                s.reorder.next_ts - h.timestamp > RESTART_BEHIND_S * self.sample_rate):
+            # a packet newer than any before, far behind the timeline: the sender started
+            # over; follow it rather than dropping it and everything after it for good
+            out = s.reorder.restart(h.timestamp)
+            out2, verdict = s.reorder.push(dataclasses.replace(arrived, restart=True), now)
+            out += out2
+            s.clock.reset()
+            s.counters["restarts"] += 1
+        if verdict:
+            self._drop_session(s, verdict, verdict)
+            return None
+        s.clock.observe(h.timestamp + h.frames, now)
+        self._to_worker(s, out)
         return None
+
+    def _to_worker(self, s: Session, released: list[Arrived]) -> None:
+        """Blocks leave the reorder window in order: decode each into the ring, hand the
+        worker a job for it. A full ring (the worker is PENDING_S behind) drops the block,
+        which the worker then conceals like a lost one."""
+        if s.reorder.held and not s.closed:
+            self._waiting.add(s)
+        else:
+            self._waiting.discard(s)
+        for r in released:
+            h, data = r.packet
+            if s.ring.free() == 0:
+                self._drop_session(s, "overload", "overload")
+                continue
+            slot = s.ring.claim()
+            pk.read_media(data, h, s.ring.blocks[slot])
+            s.ring.commit()
+            due = (r.arrival + ARCHIVAL_SLACK_S if s.archival
+                   else s.clock.due(r.timestamp + s.block))
+            self.messages.append(Job(s.id, r.timestamp, slot, r.flags, r.sent_ns, due,
+                                     r.restart))
+
+    def _protocol_error(self, s: Session, reason: str, now: float, message: str) -> None:
+        self._drop_session(s, reason)
+        self.close(s, "protocol-error", now, error=(ErrorCode.PROTOCOL, message))
 
     def _send_session(self, s: Session, t: PacketType, body: bytes, now: float) -> None:
         self.outbox.append((pk.encode(pk.Header(t, 0, s.id, 0, 0, int(now * 1e9)), body,
@@ -359,6 +485,16 @@ class ServerCore:
         if counter:
             s.counters[counter] += 1
         self._drop(reason)
+
+
+def _check_accept_fits(model: str, stems: list[str]) -> None:
+    """Refuse, at load time, a model whose ACCEPT would not fit one datagram."""
+    acc = pk.Accept(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, bytes(16), model, tuple(stems))
+    try:
+        pk.encode(pk.Header(PacketType.ACCEPT, 0, 0, 0, 0, 0), pk.encode_accept(acc), bytes(32))
+    except pk.WireError as e:
+        raise pk.WireError("bad-accept", f"the model's name and stem names do not fit one "
+                                         f"ACCEPT datagram ({e})") from None
 
 
 def _addr_bytes(addr: Addr) -> bytes:

@@ -1,7 +1,9 @@
 """`stemlink serve`: the uvloop glue around ServerCore and the separation Worker.
 
 The event loop only moves datagrams between the socket, the core and the worker; the
-model runs on the worker thread so that inference never blocks receiving.
+model runs on the worker thread so that inference never blocks receiving. One timer,
+re-armed after every event, serves the core's reorder windows; a periodic tick expires
+idle sessions and watches the worker thread.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from stemlink.engine.session import Engine, open_engine
 from stemlink.engine.streaming import latency_of
 from stemlink.loop import run_loop
 from stemlink.sockets import udp_socket
-from stemlink.udp_server.core import ServerCore, StreamRequest, StreamSetup
-from stemlink.udp_server.worker import Worker
+from stemlink.udp_server.core import PLAYOUT_MS, REORDER_MS, ServerCore, StreamRequest, StreamSetup
+from stemlink.udp_server.worker import Failed, Output, Released, Report, Worker
+from stemlink.wire.constants import ErrorCode
 
 log = logging.getLogger("stemlink.server")
 EXPIRE_EVERY_S = 0.5
@@ -37,6 +39,8 @@ class ServeOptions:
     idle_timeout: float = 10.0
     psk: bytes = b""
     compute_stats: str | None = None  # write per-block compute times here at exit (benches)
+    reorder_ms: float = REORDER_MS
+    playout_ms: float = PLAYOUT_MS
     # m and k of the default preset, for clients that leave preset and cadence to the
     # server (None: the preset's own)
     synthesis_hop: int | None = None
@@ -79,6 +83,8 @@ class ServerProtocol(asyncio.DatagramProtocol):
         self.core, self.worker = core, worker
         self.transport: asyncio.DatagramTransport | None = None
         self.send_errors = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -87,12 +93,41 @@ class ServerProtocol(asyncio.DatagramProtocol):
         self.core.receive_datagram(data, addr, time.monotonic())
         self.flush()
 
+    def on_report(self, r: Report) -> None:
+        """A value from the worker thread, delivered on the loop (call_soon_threadsafe)."""
+        if isinstance(r, Output):
+            self.core.deliver(r.session, r.datagrams)
+        elif isinstance(r, Failed):
+            self.core.stream_failed(r.session, r.message, r.counters, time.monotonic())
+        elif isinstance(r, Released):
+            self.core.stream_released(r.session, r.counters)
+        self.flush()
+
     def flush(self) -> None:
         for data, addr in self.core.take_outbox():
             self.send_many([data], addr)
-        jobs = self.core.take_jobs()
-        if jobs:
-            self.worker.submit(jobs)
+        msgs = self.core.take_messages()
+        if msgs:
+            self.worker.submit(msgs)
+        self._arm()
+
+    def _arm(self) -> None:
+        at = self.core.next_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            loop = asyncio.get_running_loop()
+            # the loop's clock is time.monotonic() (the core's clock) on asyncio and uvloop
+            self._timer = loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, None
+        self.core.on_timer(time.monotonic())
+        self.flush()
 
     def send_many(self, datagrams: list[bytes], addr) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -118,7 +153,8 @@ class Server:
             card_stems=card.stems, model_name=card.name, sample_rate=card.sample_rate,
             channels=card.channels, make_stream=make_stream_factory(self.engine, opts.preset,
                                                          _server_defaults(opts)),
-            psk=opts.psk, max_sessions=opts.max_sessions, idle_timeout=opts.idle_timeout)
+            psk=opts.psk, max_sessions=opts.max_sessions, idle_timeout=opts.idle_timeout,
+            reorder_ms=opts.reorder_ms, playout_ms=opts.playout_ms)
         self.sock = udp_socket(opts.host, opts.port, bind=True)
         self.address = self.sock.getsockname()
         self.protocol: ServerProtocol | None = None
@@ -134,18 +170,24 @@ class Server:
         return (f"stemlink serving {self.engine.card.name} on {self.address[0]}:"
                 f"{self.address[1]} ({self.engine.backend.name}); default preset "
                 f"{self.opts.preset}: H={cfg.hop_frames} L={cfg.lookahead} {cfg.synthesis}, "
-                f"{delay}; max {self.opts.max_sessions} sessions, idle "
-                f"timeout {self.opts.idle_timeout:g} s, SO_RCVBUF {rcv} bytes")
+                f"{delay}; input reorder window {self.opts.reorder_ms:g} ms; max "
+                f"{self.opts.max_sessions} sessions, idle timeout "
+                f"{self.opts.idle_timeout:g} s, SO_RCVBUF {rcv} bytes")
 
     async def run(self, install_signals: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stop = asyncio.Event()
-        worker = Worker(lambda d, a: loop.call_soon_threadsafe(self._send, d, a),
-                        len(self.engine.card.stems))
+        holder: list[ServerProtocol] = []
+
+        def report(r: Report) -> None:  # worker thread: hand the value to the loop
+            loop.call_soon_threadsafe(holder[0].on_report, r)
+
+        worker = Worker(report)
         self.worker = worker
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: ServerProtocol(self.core, worker), sock=self.sock)
+        holder.append(protocol)
         self.protocol = protocol
         worker.start()
         if install_signals:
@@ -157,25 +199,46 @@ class Server:
                     await asyncio.wait_for(self._stop.wait(), EXPIRE_EVERY_S)
                 except asyncio.TimeoutError:
                     pass
-                self.core.expire(time.monotonic())
+                now = time.monotonic()
+                self.core.expire(now)
+                if not worker.alive():  # never keep sessions nobody will process
+                    worker = self._replace_worker(worker, report, protocol, now)
                 protocol.flush()
         finally:
             self.core.shutdown(time.monotonic())
             protocol.flush()
-            worker.stop()
+            stopped = worker.stop()
+            for _ in range(3):  # let the worker's last reports (Released: counters) run
+                await asyncio.sleep(0)
             transport.close()
-            self.engine.close()
+            if stopped:
+                self.engine.close()
+            else:  # it is still inside an inference: freeing its buffers would crash it
+                log.warning("worker did not stop in time; leaving the engine to the OS")
             if self.opts.compute_stats:
                 import json
 
+                counters = dict(self.core.counters)
+                worker_side = self.core.stream_counters
+                counters.update({f"stream_{k}": v for k, v in worker_side.items()})
+                counters["inferences"] = worker_side.get("inferences", 0)
                 with open(self.opts.compute_stats, "w") as f:
-                    json.dump({"compute_ns": worker.compute_ns,
-                               "counters": dict(self.core.counters)}, f)
+                    json.dump({"compute_ns": worker.compute_ns, "counters": counters}, f)
             log.info("server stopped: %s", dict(self.core.counters))
 
-    def _send(self, datagrams: list[bytes], addr: Any) -> None:
-        if self.protocol is not None:
-            self.protocol.send_many(datagrams, addr)
+    def _replace_worker(self, dead: Worker, report, protocol: ServerProtocol,
+                        now: float) -> Worker:
+        log.error("the worker thread died; closing its sessions and starting a new one")
+        for s in list(self.core.sessions.values()):
+            self.core.close(s, "error", now, error=(ErrorCode.INTERNAL,
+                                                    "server worker failed; reconnect"))
+        self.core.take_messages()  # addressed to the dead worker
+        self.core.counters["worker_restarts"] += 1
+        worker = Worker(report)
+        protocol.worker = worker
+        self.worker = worker
+        worker.start()
+        return worker
 
     def stop(self) -> None:
         """Thread-safe."""

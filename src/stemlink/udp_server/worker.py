@@ -1,9 +1,10 @@
-"""The separation worker: runs off the event loop, one job (input block) at a time.
+"""The separation worker thread: thin glue around the Scheduler and each session's Stream.
 
-Each session's separator is touched only here. Gaps in a session's timeline (blocks lost
-on the network or dropped under overload) are concealed with silence before they enter
-the STFT, so output length and alignment never change; their STEM blocks carry the
-CONCEALED flag.
+What crosses threads, and only this: the loop puts messages (OpenStream, a Job, or
+CloseStream) on one queue; the worker hands back, through `report`, values only —
+Output(session, datagrams) after each job, Failed(session, message) when processing a
+session raised, Released(session, counters) when it let a stream go. Every Stream, its
+separator and STEM encoder are touched by this thread alone.
 """
 
 from __future__ import annotations
@@ -13,75 +14,128 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-import numpy as np
-
-from stemlink.udp_server.core import Addr, Job, Session
-from stemlink.wire.constants import Flags, PacketType
+from stemlink.udp_server.scheduler import Scheduler
+from stemlink.udp_server.stream import Job, Stream
 
 log = logging.getLogger("stemlink.server")
-Send = Callable[[list[bytes], Addr], None]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStream:
+    stream: Stream
+
+
+@dataclass(frozen=True, slots=True)
+class CloseStream:
+    session: int
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    session: int
+    datagrams: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    session: int
+    message: str
+    counters: dict
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    session: int
+    counters: dict
+
+
+Message = OpenStream | CloseStream | Job
+Report = Output | Failed | Released
 
 
 class Worker:
-    def __init__(self, send: Send, n_stems: int) -> None:
-        self.send = send
-        self.n_stems = n_stems
-        self.queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self.compute_ns: list[int] = []  # per processed block, for benchmarks
-        self._thread = threading.Thread(target=self._run, name="stemlink-worker", daemon=True)
+    def __init__(self, report: Callable[[Report], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.report = report
+        self.clock = clock
+        self.queue: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+        self.scheduler = Scheduler()
+        self.compute_ns: list[int] = []  # per processed job, for benchmarks
+        self.busy_ns = 0  # time spent processing, for utilisation
         self.errors = 0
+        self._thread = threading.Thread(target=self._run, name="stemlink-worker", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, jobs: list[Job]) -> None:
-        for j in jobs:
-            self.queue.put(j)
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def submit(self, messages: list[Message]) -> None:
+        for m in messages:
+            self.queue.put(m)
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Ask the thread to finish and wait; True when it has (so its buffers are free)."""
         self.queue.put(None)
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
+    # ------------------------------------------------------------------ thread
     def _run(self) -> None:
         while True:
-            job = self.queue.get()
-            if job is None:
+            if not self._take(block=self.scheduler.pending() == 0):
                 return
-            s = job.session
-            s.taken += 1
-            if s.closed:
-                continue
+            picked = self.scheduler.pop(self.clock())
+            if picked is not None:
+                self._process(*picked)
+
+    def _take(self, block: bool) -> bool:
+        """Move what the loop sent into the scheduler; False when told to stop."""
+        try:
+            m = self.queue.get() if block else self.queue.get_nowait()
+        except queue.Empty:
+            return True
+        while True:
+            if m is None:
+                for sid in list(self.scheduler.streams):
+                    self._release(sid)
+                return False
+            self.handle_message(m)
             try:
-                t = time.perf_counter_ns()
-                self._process(s, job)
-                if len(self.compute_ns) < 1_000_000:
-                    self.compute_ns.append(time.perf_counter_ns() - t)
-            except Exception:  # a bug must not kill the server: end this session's stream
-                self.errors += 1
-                log.exception("worker failed on session %08x; its stream stops", s.id)
-                s.ring = None
+                m = self.queue.get_nowait()
+            except queue.Empty:
+                return True
 
-    def _process(self, s: Session, job: Job) -> None:
-        # local references: close() on the loop thread may drop the session's at any time
-        ring, sep = s.ring, s.setup.separator
-        if ring is None or sep is None:
+    def handle_message(self, m: Message) -> None:
+        if isinstance(m, Job):
+            self.scheduler.submit(m)
+        elif isinstance(m, OpenStream):
+            self.scheduler.open(m.stream)
+        elif isinstance(m, CloseStream):
+            self._release(m.session)
+
+    def _release(self, sid: int) -> None:
+        st = self.scheduler.close(sid)
+        if st is not None:
+            self.report(Released(sid, st.snapshot()))
+
+    def _process(self, st: Stream, job: Job) -> None:
+        t = time.perf_counter_ns()
+        try:
+            datagrams = st.handle(job, self.clock())
+        except Exception as e:  # a bug must not kill the server: end this session only
+            self.errors += 1
+            log.exception("worker failed on session %08x; closing it", st.session)
+            self.scheduler.close(st.session)
+            self.report(Failed(st.session, f"server error while separating: "
+                                           f"{type(e).__name__}", st.snapshot()))
             return
-        while s.worker_pos < job.timestamp:  # conceal missing input with silence
-            self._emit(s, sep.process(s.zero_block), s.worker_pos, Flags.CONCEALED,
-                       job.sent_ns)
-            s.counters["concealed_blocks"] += 1
-            s.worker_pos += s.block
-        out = sep.process(ring[job.slot])
-        self._emit(s, out, job.timestamp, job.flags, job.sent_ns)
-        s.worker_pos = job.timestamp + s.block
-
-    def _emit(self, s: Session, out: np.ndarray, ts: int, flags: int, sent_ns: int) -> None:
-        datagrams = []
-        for k in range(self.n_stems):
-            datagrams.append(s.writer.write(
-                PacketType.STEM, out[k], session=s.id, seq=s.stem_seq[k], timestamp=ts,
-                send_time=sent_ns, key=s.key, stem=k, flags=flags))
-            s.stem_seq[k] = (s.stem_seq[k] + 1) & 0xFFFFFFFF
-        s.counters["stem_packets"] += len(datagrams)
-        self.send(datagrams, s.addr)
+        dt = time.perf_counter_ns() - t
+        self.busy_ns += dt
+        if len(self.compute_ns) < 1_000_000:
+            self.compute_ns.append(dt)
+        if datagrams:
+            self.report(Output(st.session, datagrams))

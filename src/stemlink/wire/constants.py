@@ -63,6 +63,8 @@ class ErrorCode(IntEnum):
     UNKNOWN_SESSION = 3
     SHUTTING_DOWN = 4
     OVERLOADED = 5
+    PROTOCOL = 6  # the session broke the protocol (e.g. AUDIO not in the negotiated format)
+    INTERNAL = 7  # the server failed while processing the session
 
 
 class ByeReason(IntEnum):
