@@ -59,3 +59,20 @@ def test_separate_with_synthesis_hop_and_mask_hold(model_dir, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "synthesis hop must divide" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_bench_engine_budget_is_the_inference_period(model_dir):
+    """The real-time check compares compute per inference with H*k*m samples of audio
+    (speed itself is measured by the benchmark, never asserted here)."""
+    from stemlink.bench.engine_bench import bench_engine, render
+
+    r = bench_engine(str(model_dir), "cpu", 2.0, None, 5, synthesis_hop=256, mask_hold=4)
+    rows = {row["preset"]: row for row in r["presets"]}
+    assert set(rows) == {"extreme", "ultra", "monitor", "balanced", "quality", "custom"}
+    want = {"extreme": 128 * 8, "ultra": 512 * 2, "monitor": 2 * 1024, "custom": 256 * 4}
+    for name, period in want.items():
+        assert rows[name]["budget_ms"] == pytest.approx(1000 * period / 44100)
+        assert rows[name]["window_ms"]["n"] > 0  # inferences were timed
+    assert (rows["custom"]["m"], rows["custom"]["k"], rows["custom"]["delay_samples"]) == \
+        (256, 4, 511)
+    assert "budget ms (H*k*m)" in render(r)

@@ -166,7 +166,9 @@ def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path, synt
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
 @click.option("--grid", is_flag=True,
               help="The synthesis hop x mask hold grid, on the audio and a generated song.")
-def bench_fidelity_cmd(model, audio, json_path, grid) -> None:
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes for --grid (one ONNX Runtime thread each when > 1).")
+def bench_fidelity_cmd(model, audio, json_path, grid, jobs) -> None:
     """SDR of streamed stems vs the offline model, per preset (or per (m, k) with --grid)."""
     from stemlink.bench.fidelity import (
         bench_fidelity,
@@ -177,7 +179,7 @@ def bench_fidelity_cmd(model, audio, json_path, grid) -> None:
     )
 
     if grid:
-        r = bench_fidelity_grid(model, audio, say=lambda s: click.echo(s, err=True))
+        r = bench_fidelity_grid(model, audio, jobs=jobs, say=lambda s: click.echo(s, err=True))
         click.echo(render_grid(r))
     else:
         r = bench_fidelity(model, audio)
