@@ -297,7 +297,8 @@ def test_bad_configs_are_refused(card, engine):
 
 
 # SDR vs offline on the example (vocals, accompaniment), measured by
-# `stemlink bench fidelity --grid` (docs/BENCHMARKS.md); floors sit 0.3 dB below.
+# `stemlink bench fidelity --grid` (docs/BENCHMARKS.md, docs/bench/fidelity-grid.json);
+# floors sit 0.3 dB below.
 MEASURED = {  # (H, m, k, model input) -> dB
     (1, 1024, 1, "hann"): (11.84, 17.72),
     (1, 1024, 1, "masked"): (13.03, 18.92),
