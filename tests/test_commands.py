@@ -33,7 +33,23 @@ def test_serve_stops_cleanly_on_signals(model_dir, tmp_path, sig):
                             "--server", f"127.0.0.1:{port}", "--out", str(tmp_path / "o"),
                             "--as-fast-as-possible", "--preset", "ultra"],
                            capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0 and "preset ultra, D = 3071 samples" in r.stdout, r.stderr
+        assert r.returncode == 0 and "preset ultra, D = 1023 samples" in r.stdout, r.stderr
+        # the client asks for its own synthesis hop and mask hold; the server reports them
+        r = subprocess.run([sys.executable, "-m", "stemlink", "send", str(example_audio()),
+                            "--server", f"127.0.0.1:{port}", "--out", str(tmp_path / "o2"),
+                            "--as-fast-as-possible", "--preset", "ultra",
+                            "--synthesis-hop", "256", "--mask-hold", "4"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "D = 511 samples (11.6 ms; synthesis hop 256, mask hold 4, H 1: one " \
+            "inference every 23.2 ms)" in r.stdout
+        # one the engine refuses: one line, non-zero exit, no traceback
+        r = subprocess.run([sys.executable, "-m", "stemlink", "send", str(example_audio()),
+                            "--server", f"127.0.0.1:{port}", "--out", str(tmp_path / "o3"),
+                            "--synthesis-hop", "300"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode != 0 and "synthesis hop must divide" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
         time.sleep(0.3)
         p.send_signal(sig)
         rest = p.communicate(timeout=30)[1]
@@ -46,7 +62,7 @@ def test_serve_stops_cleanly_on_signals(model_dir, tmp_path, sig):
               if '{"event"' in ln]  # one structured line per session start and end
     (start,) = [e for e in events if e["event"] == "session_start"]
     assert (start["preset"], start["H"], start["L"], start["synthesis"], start["delay"]) == (
-        "ultra", 2, 0, "asymmetric", 3071)
+        "ultra", 1, 0, "asymmetric", 1023)
     (end,) = [e for e in events if e["event"] == "session_end"]
     assert end["reason"] == "bye" and end["session"] == start["session"]
     assert "server stopped" in rest

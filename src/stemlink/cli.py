@@ -13,7 +13,7 @@ from stemlink import progress as prog
 from stemlink.errors import StemlinkError
 
 DEFAULT_MODEL = "models/spleeter-2stems"
-PRESET_NAMES = ("ultra", "monitor", "balanced", "quality")
+PRESET_NAMES = ("extreme", "ultra", "monitor", "balanced", "quality")
 BACKENDS = ("cpu", "cuda", "tensorrt")
 
 
@@ -166,7 +166,19 @@ def export_tensorrt_cmd(model, fp16, batch, workspace_mb, force) -> None:
 
 
 # --------------------------------------------------------------------------- separate
+def _cadence_options(f):
+    """Synthesis hop m and mask hold k (None = the preset's); validated by the engine."""
+    f = click.option("--mask-hold", type=click.IntRange(1, 64), default=None,
+                     help="k: synthesis hops one mask is applied for (one inference every "
+                          "k*m samples); adds no delay.")(f)
+    f = click.option("--synthesis-hop", type=click.IntRange(1, 65535), default=None,
+                     help="m: synthesis hop in samples, a divisor of the model's hop "
+                          ">= 128 (1024, 512, 256, 128 for Spleeter); D = 2m - 1.")(f)
+    return f
+
+
 def _stream_options(f):
+    f = _cadence_options(f)
     f = click.option("--synthesis", type=click.Choice(["standard", "asymmetric"]),
                      help="Override the preset's synthesis mode.")(f)
     f = click.option("--lookahead", "-L", type=click.IntRange(0, None),
@@ -190,23 +202,24 @@ def _stream_options(f):
 @_backend_option
 @_quiet_option
 def separate(input: str, model: str, out_dir: str, preset: str | None, hop_frames, lookahead,
-             synthesis, offline: bool, backend: str, quiet: bool) -> None:
+             synthesis, synthesis_hop, mask_hold, offline: bool, backend: str,
+             quiet: bool) -> None:
     """Separate an audio file (WAV/FLAC/MP3/...) into one WAV per stem.
 
     By default this runs the whole-file (offline) model: the best stems there are, for
-    files. Give --preset (or -H/-L/--synthesis, which start from `monitor`) to hear what a
-    live stream with that preset would sound like: the same streaming separator the
-    server runs, with its delay D removed from the files."""
+    files. Give --preset (or -H/-L/--synthesis/--synthesis-hop/--mask-hold, which start
+    from `monitor`) to hear what a live stream with that preset would sound like: the
+    same streaming separator the server runs, with its delay D removed from the files."""
     _need_engine("separate")
     from stemlink.separate import separate_file
 
-    streaming = preset is not None or hop_frames is not None or lookahead is not None \
-        or synthesis is not None
+    streaming = any(v is not None for v in (preset, hop_frames, lookahead, synthesis,
+                                            synthesis_hop, mask_hold))
     if offline and streaming:
         raise click.UsageError("--offline and --preset/-H/-L/--synthesis exclude each other")
     r = separate_file(input, model, out_dir, preset=preset or "monitor", offline=not streaming,
                       backend=backend, hop_frames=hop_frames, lookahead=lookahead,
-                      synthesis=synthesis,
+                      synthesis=synthesis, synthesis_hop=synthesis_hop, mask_hold=mask_hold,
                       progress=prog.callback("separating", "samples" if streaming
                                              else "segments", on=prog.enabled(quiet),
                                              scale=streaming))
@@ -240,14 +253,17 @@ def bench() -> None:
 @click.option("--preset", "presets", multiple=True, type=click.Choice(PRESET_NAMES),
               help="Stream only these presets (default: all; a seconds-long model runs its "
                    "whole window once per inference, so each preset costs minutes).")
+@_cadence_options
 @_quiet_option
 def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path, presets,
-                     quiet) -> None:
-    """Compute latency per window (p50/p99) and real-time factor per preset."""
+                     synthesis_hop, mask_hold, quiet) -> None:
+    """Compute latency per inference (p50/p99) against its period (H*k*m samples) and
+    real-time factor, per preset (plus one custom cadence with --synthesis-hop/--mask-hold)."""
     from stemlink.bench.engine_bench import bench_engine, render, save
 
     result = bench_engine(model, backend, seconds, audio, iterations, list(presets) or None,
-                          prog.callback("bench engine", "steps", on=prog.enabled(quiet)))
+                          prog.callback("bench engine", "steps", on=prog.enabled(quiet)),
+                          synthesis_hop, mask_hold)
     result["command"] = "stemlink " + " ".join(sys.argv[1:])
     click.echo(render(result))
     if json_path:
@@ -260,14 +276,28 @@ def bench_engine_cmd(model, backend, seconds, iterations, audio, json_path, pres
 @click.option("--audio", type=click.Path(dir_okay=False),
               help="Audio to use (default: the bundled example).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
+@click.option("--grid", is_flag=True,
+              help="The synthesis hop x mask hold grid, on the audio and a generated song.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes for --grid (one ONNX Runtime thread each when > 1).")
 @_quiet_option
-def bench_fidelity_cmd(model, audio, json_path, quiet) -> None:
-    """SDR of streamed stems vs the offline model, per preset."""
-    from stemlink.bench.fidelity import bench_fidelity, render, save
+def bench_fidelity_cmd(model, audio, json_path, grid, jobs, quiet) -> None:
+    """SDR of streamed stems vs the offline model, per preset (or per (m, k) with --grid)."""
+    from stemlink.bench.fidelity import (
+        bench_fidelity,
+        bench_fidelity_grid,
+        render,
+        render_grid,
+        save,
+    )
 
-    r = bench_fidelity(model, audio,
-                       prog.callback("bench fidelity", "runs", on=prog.enabled(quiet)))
-    click.echo(render(r))
+    if grid:
+        r = bench_fidelity_grid(model, audio, jobs=jobs, say=lambda s: click.echo(s, err=True))
+        click.echo(render_grid(r))
+    else:
+        r = bench_fidelity(model, audio,
+                           prog.callback("bench fidelity", "runs", on=prog.enabled(quiet)))
+        click.echo(render(r))
     if json_path:
         save(r, json_path)
 
@@ -284,17 +314,19 @@ def bench_fidelity_cmd(model, audio, json_path, quiet) -> None:
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="Relay seed (with --profile).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
+@_cadence_options
 @_backend_option
 @click.option("--out", "out_dir", default="out/bench-latency", show_default=True,
               type=click.Path(file_okay=False))
 @_quiet_option
-def bench_latency_cmd(model, against, seconds, clients, profile, seed, preset, backend,
-                      out_dir, quiet) -> None:
+def bench_latency_cmd(model, against, seconds, clients, profile, seed, preset, synthesis_hop,
+                      mask_hold, backend, out_dir, quiet) -> None:
     """End-to-end latency (client clock), compute, CPU and bytes: stemlink vs baseline."""
     from stemlink.bench.latency import PNG, bench_latency, render
 
     r = bench_latency(model, against, seconds, clients, profile, preset, backend,
-                      Path(out_dir), seed, bars=prog.enabled(quiet))
+                      Path(out_dir), seed, bars=prog.enabled(quiet),
+                      synthesis_hop=synthesis_hop, mask_hold=mask_hold)
     click.echo(render(r))
     click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
 
@@ -305,18 +337,20 @@ def bench_latency_cmd(model, against, seconds, clients, profile, seed, preset, b
               type=click.Choice(BACKENDS),
               help="Backend(s) to measure (default: every available one).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True)
+@_cadence_options
 @click.option("--seconds", default=8.0, show_default=True, type=click.FloatRange(2, 600),
               help="Audio per step.")
 @click.option("--max-clients", default=16, show_default=True, type=click.IntRange(1, 256))
 @click.option("--out", "out_dir", default="out/bench-capacity", show_default=True,
               type=click.Path(file_okay=False))
 @_quiet_option
-def bench_capacity_cmd(model, backends, preset, seconds, max_clients, out_dir, quiet) -> None:
+def bench_capacity_cmd(model, backends, preset, synthesis_hop, mask_hold, seconds,
+                       max_clients, out_dir, quiet) -> None:
     """Concurrent real-time sessions with zero missed deadlines (ramped up)."""
     from stemlink.bench.capacity import available_backends, bench_capacity, render
 
     r = bench_capacity(model, list(backends) or available_backends(), preset, seconds,
-                       max_clients, Path(out_dir),
+                       max_clients, Path(out_dir), synthesis_hop, mask_hold,
                        prog.callback("bench capacity", "steps", on=prog.enabled(quiet)))
     click.echo(render(r))
 
@@ -535,6 +569,7 @@ def _setup_logging(level: str) -> None:
 @_backend_option
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="monitor", show_default=True,
               help="Preset for clients that do not ask for one.")
+@_cadence_options
 @click.option("--max-sessions", default=8, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--idle-timeout", default=10.0, show_default=True,
               type=click.FloatRange(0.5, 3600), help="Seconds of silence that end a session.")
@@ -572,8 +607,9 @@ def _setup_logging(level: str) -> None:
               help="Serve Prometheus /metrics and /healthz on this TCP port.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True,
               help="Address for --metrics-port.")
-def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_level,
-          compute_stats, reorder_ms, playout_ms, status_interval, psk, key_file, insecure,
+def serve(model, host, port, backend, preset, synthesis_hop, mask_hold, max_sessions,
+          idle_timeout, log_level, compute_stats, reorder_ms, playout_ms, status_interval,
+          psk, key_file, insecure,
           encrypt, sessions_per_address, handshake_rate, handshake_burst, input_factor,
           metrics_port, metrics_host) -> None:
     """Run the UDP separation server (SIGINT/SIGTERM stop it cleanly)."""
@@ -593,7 +629,8 @@ def serve(model, host, port, backend, preset, max_sessions, idle_timeout, log_le
                                   insecure=insecure, encrypt=encrypt, limits=limits,
                                   metrics_port=metrics_port, metrics_host=metrics_host,
                                   reorder_ms=reorder_ms, playout_ms=playout_ms,
-                                  status_interval=status_interval))
+                                  status_interval=status_interval,
+                                  synthesis_hop=synthesis_hop, mask_hold=mask_hold))
     except OSError as e:
         raise StemlinkError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     if srv.open_warning:
@@ -675,6 +712,7 @@ class _StatusLine:
 @click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
 @click.option("--synthesis", type=click.Choice(["standard", "asymmetric"]),
               help="Override the preset's synthesis mode for this session.")
+@_cadence_options
 @click.option("--as-heard", is_flag=True,
               help="Write what a live listener would have heard: blocks later than the "
                    "playout buffer (--jitter) are concealed, not written late. Default: "
@@ -687,7 +725,8 @@ class _StatusLine:
 @_encrypt_option
 @_quiet_option
 def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block, synthesis,
-         as_heard, jitter, conceal, redundancy, psk, key_file, encrypt, quiet) -> None:
+         as_heard, jitter, conceal, redundancy, synthesis_hop, mask_hold, psk, key_file,
+         encrypt, quiet) -> None:
     """Stream a file to a server; write the stems it sends back.
 
     On a terminal a status line updates once a second: elapsed/total, packets sent,
@@ -705,6 +744,7 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
                        jitter_ms=jitter_ms, block=int(block), psk=passphrase,
                        synthesis=synthesis, as_heard=as_heard, jitter=jitter,
                        conceal=conceal, redundancy=redundancy, key=key, encrypt=encrypt,
+                       synthesis_hop=synthesis_hop, mask_hold=mask_hold,
                        on_status=line.show if line.on else None)
     try:
         rep = run_loop(send_file(opts))
@@ -739,10 +779,12 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
               help="Stop after this long (default: run until Ctrl-C).")
 @_conceal_option
 @_redundancy_option
+@_cadence_options
 @_psk_option
 @_encrypt_option
 def live(server, input_device, output_device, monitor, preset, jitter, jitter_blocks, block,
-         seconds, conceal, redundancy, psk, key_file, encrypt) -> None:
+         seconds, conceal, redundancy, synthesis_hop, mask_hold, psk, key_file,
+         encrypt) -> None:
     """Sound card -> server -> headphones, headless; Ctrl-C exits."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.devices import parse_device as dev
@@ -756,7 +798,8 @@ def live(server, input_device, output_device, monitor, preset, jitter, jitter_bl
         stats = run_loop(run_live(parse_server(server), dev(input_device),
                                   dev(output_device), monitor, preset, passphrase, jitter,
                                   int(block), seconds, conceal=conceal, redundancy=redundancy,
-                                  key=key, encrypt=encrypt))
+                                  key=key, encrypt=encrypt, synthesis_hop=synthesis_hop,
+                                  mask_hold=mask_hold))
         js = stats["jitter"]
         click.echo(f"playout ({js['mode']}): {js['pushed']} stem blocks, concealed "
                    f"{js['concealed']}, late {js['late']}, inserted {js['inserted']}, mean "

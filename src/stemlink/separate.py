@@ -52,7 +52,8 @@ def stream_array(sep: StreamingSeparator, x: np.ndarray,
 def separate_file(inp: str | Path, model: str | Path, out_dir: str | Path, *,
                   preset: str | None = "monitor", offline: bool = False, backend: str = "cpu",
                   hop_frames: int | None = None, lookahead: int | None = None,
-                  synthesis: str | None = None,
+                  synthesis: str | None = None, synthesis_hop: int | None = None,
+                  mask_hold: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> SeparateResult:
     x, sr = aio.read_audio(inp)
     nonfinite = aio.sanitize(x)
@@ -69,7 +70,8 @@ def separate_file(inp: str | Path, model: str | Path, out_dir: str | Path, *,
                                      else "whole-file model (offline): the best stems; "
                                      "--preset NAME previews a live stream")
         else:
-            cfg = engine.config(preset, hop_frames, lookahead, synthesis)
+            cfg = engine.config(preset, hop_frames, lookahead, synthesis, synthesis_hop,
+                                mask_hold)
             sep = engine.separator(cfg)
             stems = stream_array(sep, xm, progress)
             delay = sep.delay

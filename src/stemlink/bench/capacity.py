@@ -1,7 +1,7 @@
 """`stemlink bench capacity`: how many concurrent real-time sessions one server sustains
 with zero missed deadlines, per available backend, ramping the number of clients up.
 
-A stem block misses its deadline when it arrives more than one inference period (H hops)
+A stem block misses its deadline when it arrives more than one inference period (H*k*m samples)
 after the capture of the input block it answers, or never arrives.
 """
 
@@ -29,13 +29,14 @@ def available_backends() -> list[str]:
 
 
 def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
-                   max_clients: int, out: Path,
+                   max_clients: int, out: Path, synthesis_hop: int | None = None,
+                   mask_hold: int | None = None,
                    progress: Callable[[int, int], None] | None = None) -> dict:
+    from stemlink.bench.latency import deadline_ms
     from stemlink.engine import families
     from stemlink.engine.card import load_card
 
     card = load_card(model)
-
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     if progress:
@@ -45,8 +46,12 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
         bench_audio(seconds, tmp / "bench.wav")
         for backend in backends:
             cfg = families.preset(card, preset, accelerated=backend != "cpu")
-            per_run = getattr(families.latency(card, cfg), "stride", cfg.hop_frames * card.hop)
-            budget_ms = 1000.0 * per_run / card.sample_rate
+            if families.is_segment(card):  # one inference per stride
+                per_run = getattr(families.latency(card, cfg), "stride",
+                                  cfg.hop_frames * card.hop)
+                budget_ms = 1000.0 * per_run / card.sample_rate
+            else:
+                budget_ms = deadline_ms(model, preset, backend, synthesis_hop, mask_hold)
             port = procs.free_port()
             child = procs.stemlink_server(model, port, preset, backend,
                                           tmp / f"{backend}.json", max_sessions=max_clients)
@@ -54,7 +59,8 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
             try:
                 for n in range(1, max_clients + 1):
                     cpu0 = procs.cpu_seconds(child.proc.pid)
-                    reps = run_clients(tmp / "bench.wav", port, preset, n, budget_ms)
+                    reps = run_clients(tmp / "bench.wav", port, preset, n, budget_ms,
+                                       synthesis_hop, mask_hold)
                     secs = max(r.seconds for r in reps)
                     missed = sum(r.late + r.lost for r in reps)
                     steps.append({

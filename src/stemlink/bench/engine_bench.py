@@ -1,5 +1,10 @@
 """`stemlink bench engine`: compute latency per inference window and real-time factor per
-preset, with the real model on real audio, on this machine."""
+preset, with the real model on real audio, on this machine.
+
+The budget of an inference is its period, the audio between two inferences: H model hops
+(batching) or k synthesis hops of m samples (mask hold), i.e. H*k*m samples. Audio is
+streamed in blocks of one synthesis hop, so each timed call holds at most one inference.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ from stemlink.percentiles import summarize
 
 def bench_engine(model: str, backend: str, seconds: float, audio_path: str | None,
                  iterations: int, presets: list[str] | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> dict:
+                 progress: Callable[[int, int], None] | None = None,
+                 synthesis_hop: int | None = None, mask_hold: int | None = None) -> dict:
     from stemlink.export.checkpoint import example_audio
 
     x, sr = aio.read_audio(audio_path or example_audio())
@@ -42,10 +48,13 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
         if progress:
             progress(done, steps)
         rows = []
-        for name in presets or PRESETS:
-            cfg = engine.config(name)
+        configs = [(name, engine.config(name)) for name in presets or PRESETS]
+        if synthesis_hop is not None or mask_hold is not None:
+            configs.append(("custom", engine.config("ultra", synthesis_hop=synthesis_hop,
+                                                    mask_hold=mask_hold)))
+        for name, cfg in configs:
             sep = engine.separator(cfg)
-            hop = card.hop
+            hop = cfg.hop(card.hop)
             window_ms, total = [], 0.0
             for i in range(0, x.shape[1] - hop + 1, hop):
                 before = sep.stats.inferences
@@ -59,15 +68,19 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
             if progress:  # between presets, never inside the timed loop
                 progress(done, steps)
             audio_s = x.shape[1] / card.sample_rate
-            # one inference per H hops (frame families) or per stride (segment families)
-            per_run = getattr(sep.latency, "stride", cfg.hop_frames * hop)
-            budget_ms = 1e3 * per_run / card.sample_rate
+            # one inference per period (H*k*m, frame families) or per stride (segments)
+            per_run = getattr(sep.latency, "stride", None)
+            budget_ms = (1e3 * per_run / card.sample_rate if per_run is not None
+                         else sep.latency.period_ms)
             p = summarize(window_ms, (50, 99))
+            rtf = total / audio_s
             rows.append({
                 "preset": name, "H": cfg.hop_frames, "L": cfg.lookahead,
-                "synthesis": synthesis_label(cfg), "delay_samples": sep.delay,
-                "delay_ms": sep.latency.ms, "window_ms": p, "budget_ms": budget_ms,
-                "rtf": total / audio_s, "realtime": bool(p["p99"] < budget_ms),
+                "synthesis": synthesis_label(cfg), "m": getattr(cfg, "synthesis_hop", None)
+                or hop, "k": getattr(cfg, "mask_hold", 1),
+                "delay_samples": sep.delay, "delay_ms": sep.latency.ms, "window_ms": p,
+                "budget_ms": budget_ms, "rtf": rtf,
+                "realtime": bool(p["p99"] < budget_ms and rtf < 1.0),
             })
     finally:
         engine.close()
@@ -91,13 +104,14 @@ def render(result: dict) -> str:
         head += "D per preset: " + ", ".join(
             f"{k} {d} samples ({1000 * d / sr:.1f} ms)"
             for k, d in result["delay_samples_per_preset"].items()) + "\n"
-    rows = [[r["preset"], r["H"], r["L"], r["synthesis"], f"{r['delay_ms']:.1f}",
+    rows = [[r["preset"], r["H"], r["L"], r["synthesis"], r["m"], r["k"],
+             f"{r['delay_ms']:.1f}",
              f"{r['window_ms']['p50']:.2f}", f"{r['window_ms']['p99']:.2f}",
              f"{r['budget_ms']:.1f}", f"{r['rtf']:.3f}", "yes" if r["realtime"] else "NO"]
             for r in result["presets"]]
     return head + markdown_table(
-        ["preset", "H", "L", "synthesis", "D ms", "window p50 ms", "window p99 ms",
-         "budget ms (H hops)", "RTF", "real time"], rows)
+        ["preset", "H", "L", "synthesis", "m", "k", "D ms", "window p50 ms", "window p99 ms",
+         "budget ms (H*k*m)", "RTF", "real time"], rows)
 
 
 def save(result: dict, path: str | Path) -> None:

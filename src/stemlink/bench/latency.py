@@ -39,7 +39,8 @@ def bench_audio(seconds: float, path: Path) -> tuple[np.ndarray, int]:
     return x, sr
 
 
-def run_clients(wav: Path, port: int, preset: str, n: int, jitter_ms: float = 60.0) -> list:
+def run_clients(wav: Path, port: int, preset: str, n: int, jitter_ms: float = 60.0,
+                synthesis_hop: int | None = None, mask_hold: int | None = None) -> list:
     """n real-time `send` clients at once against a stemlink server on loopback."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.sender import SendOptions, send_file
@@ -47,13 +48,32 @@ def run_clients(wav: Path, port: int, preset: str, n: int, jitter_ms: float = 60
     async def go():
         return await asyncio.gather(*[
             send_file(SendOptions(wav, ("127.0.0.1", port), None, preset=preset,
-                                  realtime=True, jitter_ms=jitter_ms)) for _ in range(n)])
+                                  realtime=True, jitter_ms=jitter_ms,
+                                  synthesis_hop=synthesis_hop, mask_hold=mask_hold))
+            for _ in range(n)])
 
     return run_loop(go())
 
 
+def deadline_ms(model: str, preset: str, backend: str, synthesis_hop: int | None = None,
+                mask_hold: int | None = None) -> float:
+    """One inference period (H*k*m samples) of the configuration the server will build:
+    a stem block arriving later than this after its input block left missed its deadline."""
+    from stemlink.engine.card import load_card
+    from stemlink.engine.presets import preset as preset_config
+    from stemlink.engine.presets import with_overrides
+    from stemlink.engine.streaming import latency_of
+
+    card = load_card(model)
+    cfg = with_overrides(preset_config(preset, accelerated=backend != "cpu"), card.hop,
+                         card.window_frames, synthesis_hop=synthesis_hop, mask_hold=mask_hold)
+    return latency_of(card, cfg).period_ms
+
+
 def run_stemlink(model: str, wav: Path, clients: int, preset: str, backend: str,
-                 tmp: Path, relay_args: list[str] | None = None) -> dict:
+                 tmp: Path, relay_args: list[str] | None = None,
+                 synthesis_hop: int | None = None, mask_hold: int | None = None) -> dict:
+    deadline = deadline_ms(model, preset, backend, synthesis_hop, mask_hold)
     port = procs.free_port()
     child = procs.stemlink_server(model, port, preset, backend, tmp / "stemlink.json")
     relay = relay_cmd = None
@@ -61,7 +81,7 @@ def run_stemlink(model: str, wav: Path, clients: int, preset: str, backend: str,
         to = port
         if relay_args is not None:  # the clients go through the UDP impairment relay
             relay, to, relay_cmd = procs.stemlink_relay(port, relay_args, tmp / "relay-udp.json")
-        reps = run_clients(wav, to, preset, clients)
+        reps = run_clients(wav, to, preset, clients, deadline, synthesis_hop, mask_hold)
         cpu = child.cpu_use()
     finally:
         relay_stats = relay.stop() if relay is not None else None
@@ -74,8 +94,11 @@ def run_stemlink(model: str, wav: Path, clients: int, preset: str, backend: str,
         "latency_ms": summarize(lat), "block_latencies_ms": lat,
         "algorithmic_delay_ms": 1000 * r0.delay / r0.sample_rate,
         "algorithmic_delay_samples": r0.delay, "preset": r0.preset,
-        "compute_ms": {"unit": "per 256-sample block (inference every H hops)",
+        "synthesis_hop": r0.synthesis_hop, "mask_hold": r0.mask_hold,
+        "compute_ms": {"unit": f"per 256-sample block (inference every {deadline:.1f} ms)",
                        **summarize(comp)},
+        "deadline_ms": deadline,
+        "missed_deadlines": int(sum(r.late + r.lost for r in reps)),
         "server_cpu_cores": cpu,
         "bytes_per_s_per_client": {"up": r0.bytes_sent / secs,
                                    "down": r0.bytes_received / secs},
@@ -121,12 +144,14 @@ def run_baseline(model: str, x: np.ndarray, sr: int, clients: int, backend: str,
                                    "down": runs[0].bytes_received / secs},
         "lost_blocks": int(sum(np.isnan(lat))), "late_blocks": None,
         "relay_command": relay_cmd, "relay": relay_stats,
+        "deadline_ms": None, "missed_deadlines": None,
     }
 
 
 def bench_latency(model: str, against: str | None, seconds: float, clients: int,
                   profile: str | None, preset: str, backend: str, out: Path,
-                  seed: int = 1, bars: bool = False) -> dict:
+                  seed: int = 1, bars: bool = False, synthesis_hop: int | None = None,
+                  mask_hold: int | None = None) -> dict:
     from stemlink.bench.relay import PROFILES
 
     if profile is not None and profile not in PROFILES:
@@ -140,7 +165,8 @@ def bench_latency(model: str, against: str | None, seconds: float, clients: int,
         x, sr = bench_audio(seconds, tmp / "bench.wav")
         with prog.timed("stemlink (real time)", seconds, on=bars):
             systems = {"stemlink": run_stemlink(model, tmp / "bench.wav", clients, preset,
-                                                backend, tmp, relay_args)}
+                                                backend, tmp, relay_args, synthesis_hop,
+                                                mask_hold)}
         if against == "baseline":
             with prog.timed("baseline (real time)", seconds, on=bars):
                 systems["baseline"] = run_baseline(model, x, sr, clients, backend, tmp,
@@ -170,10 +196,13 @@ def render(result: dict) -> str:
                      f"{lat['p95']:.1f}", f"{lat['p99']:.1f}",
                      f"{comp['p50']:.2f} / {comp['p99']:.2f}", comp["unit"],
                      f"{100 * s['server_cpu_cores']:.0f} %",
-                     f"{bw['up'] / 1000:.0f} / {bw['down'] / 1000:.0f}", s["lost_blocks"]])
+                     f"{bw['up'] / 1000:.0f} / {bw['down'] / 1000:.0f}", s["lost_blocks"],
+                     "n/a" if s.get("missed_deadlines") is None else
+                     f"{s['missed_deadlines']} (> {s['deadline_ms']:.1f} ms)"])
     table = markdown_table(
         ["system", "D ms", "e2e p50 ms", "e2e p95 ms", "e2e p99 ms", "compute p50 / p99 ms",
-         "compute unit", "server CPU", "kB/s up / down per client", "lost blocks"], rows)
+         "compute unit", "server CPU", "kB/s up / down per client", "lost blocks",
+         "missed deadlines"], rows)
     head = (f"latency on {result['network']}, {result['clients']} client(s), "
             f"{result['seconds']:g} s of audio each, preset {result['preset']}, backend "
             f"{result['backend']}\nmachine: {describe(result['machine'])}\n"

@@ -24,7 +24,7 @@ import numpy as np
 
 from stemlink.engine.card import ModelCard
 from stemlink.engine.errors import EngineError
-from stemlink.engine.presets import PRESETS, StreamConfig
+from stemlink.engine.presets import PRESETS, StreamConfig, with_overrides
 from stemlink.engine.presets import preset as mask_preset
 from stemlink.engine.streaming_chunked import ChunkConfig
 
@@ -42,6 +42,10 @@ def preset(card: ModelCard, name: str, accelerated: bool = False) -> StreamConfi
         return mask_preset(name, accelerated)
     if name not in PRESETS:
         raise EngineError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if name != "quality" and name not in SEGMENT_FRACTIONS:
+        raise EngineError(f"preset {name!r} needs a frame model (synthesis hop below the "
+                          f"model's); {card.representation} models run whole segments: use "
+                          f"one of quality, {', '.join(SEGMENT_FRACTIONS)}")
     n = card.segment // card.hop
     if name == "quality":  # H is informational here (the stride is 3/4 of the segment)
         return ChunkConfig(min(WIRE_U8, max(1, card.segment * 3 // 4 // card.hop)), 0,
@@ -53,18 +57,21 @@ def preset(card: ModelCard, name: str, accelerated: bool = False) -> StreamConfi
 
 
 def config(card: ModelCard, name: str | None, accelerated: bool, hop_frames: int | None,
-           lookahead: int | None, synthesis: str | None) -> StreamConfig | ChunkConfig:
+           lookahead: int | None, synthesis: str | None, synthesis_hop: int | None = None,
+           mask_hold: int | None = None) -> StreamConfig | ChunkConfig:
     base = preset(card, name or "monitor", accelerated)
     if isinstance(base, ChunkConfig):
+        if synthesis_hop is not None or mask_hold is not None:
+            raise EngineError(f"--synthesis-hop and --mask-hold apply to frame models, not "
+                              f"to {card.representation} models")
         if hop_frames is None and lookahead is None:
             return base
         # an explicit H or L means the low-delay mode with those numbers
         return ChunkConfig(hop_frames if hop_frames is not None else base.hop_frames,
                            lookahead if lookahead is not None else
                            (0 if base.whole else base.lookahead))
-    return StreamConfig(hop_frames if hop_frames is not None else base.hop_frames,
-                        lookahead if lookahead is not None else base.lookahead,
-                        synthesis or base.synthesis)
+    return with_overrides(base, card.hop, card.window_frames, hop_frames, lookahead,
+                          synthesis, synthesis_hop, mask_hold)
 
 
 def make_backend(kind: str, card: ModelCard, folder: str | Path, **kw):

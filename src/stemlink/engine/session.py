@@ -24,10 +24,12 @@ class Engine:
         return self.kind != "cpu"
 
     def config(self, name: str | None, hop_frames: int | None = None,
-               lookahead: int | None = None, synthesis: str | None = None) -> StreamConfig:
-        # the card's family picks the preset table (engine/families.py)
+               lookahead: int | None = None, synthesis: str | None = None,
+               synthesis_hop: int | None = None, mask_hold: int | None = None) -> StreamConfig:
+        """A preset's configuration with overrides (None = the preset's), validated; the
+        card's family picks the preset table (engine/families.py)."""
         return families.config(self.card, name, self.accelerated, hop_frames, lookahead,
-                               synthesis)
+                               synthesis, synthesis_hop, mask_hold)
 
     def separator(self, config: StreamConfig, slot: int = 0) -> StreamingSeparator:
         return families.make_separator(self.card, self.backend, config, slot)

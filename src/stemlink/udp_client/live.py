@@ -205,7 +205,8 @@ class Playout:
 async def run_live(server: tuple[str, int], input_device, output_device, monitor: str,
                    preset: str | None, psk: bytes, jitter: float | None, block: int,
                    seconds: float | None = None, devices=None, conceal: str = DEFAULT_METHOD,
-                   redundancy: bool = False, key: bytes = b"", encrypt: bool = False) -> dict:
+                   redundancy: bool = False, key: bytes = b"", encrypt: bool = False,
+                   synthesis_hop: int | None = None, mask_hold: int | None = None) -> dict:
     """Run until Ctrl-C (or for `seconds`). jitter: None = adaptive, else a fixed playout
     buffer in ms. `devices` is the sounddevice module, or an object with the same
     query_devices/InputStream/OutputStream/PortAudioError shape."""
@@ -223,7 +224,8 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
     core = ClientCore(sample_rate=rate, channels=in_ch, block=block, preset=preset, psk=psk,
                       features=int(Features.REDUNDANCY) if redundancy else 0,
                       playout_ms=0 if jitter is None else min(int(jitter), pk.ARCHIVAL - 1),
-                      key=key, encrypt=encrypt)
+                      key=key, encrypt=encrypt, synthesis_hop=synthesis_hop,
+                      mask_hold=mask_hold)
     stats: dict = {"rtt_ms": []}
     holder: list[Playout] = []
 

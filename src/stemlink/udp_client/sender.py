@@ -50,6 +50,8 @@ class SendOptions:
     hop_frames: int | None = None
     lookahead: int | None = None
     synthesis: str | None = None
+    synthesis_hop: int | None = None  # m, samples (None: the server's choice)
+    mask_hold: int | None = None  # k, synthesis hops per inference (None: the server's)
     ping_every_s: float = 0.5
     drain_s: float = 2.0  # how long to wait for the last stems
     stall_s: float = 15.0  # not paced: give up when no stem at all came back for this long
@@ -100,12 +102,23 @@ class SendReport:
     raw: tuple | None = None  # keep_raw: (receiver, stems as arrived, mixture, n)
     cpu_percent: float = 0.0  # client process CPU over the run, % of one core
     cpu_ms_per_block: float = 0.0  # client CPU per block sent (all its stems included)
+    synthesis_hop: int = 0  # m the server chose, samples
+    mask_hold: int = 1  # k the server chose
+    hop_frames: int = 1  # H the server chose
+
+    @property
+    def period(self) -> int:
+        """Samples between the server's inferences: H * k * m."""
+        return self.hop_frames * self.mask_hold * self.synthesis_hop
 
     def summary(self) -> str:
         lat, rtt = self.latency_ms, self.rtt_ms
         return "\n".join([
             f"model {self.model}, preset {self.preset}, D = {self.delay} samples "
-            f"({1000 * self.delay / self.sample_rate:.1f} ms), block {self.block}",
+            f"({1000 * self.delay / self.sample_rate:.1f} ms; synthesis hop "
+            f"{self.synthesis_hop}, mask hold {self.mask_hold}, H {self.hop_frames}: one "
+            f"inference every {1000 * self.period / self.sample_rate:.1f} ms), "
+            f"block {self.block}",
             f"packets: sent {self.sent}, received {self.received}/{self.expected}, "
             f"lost {self.lost}, late {self.late}, duplicates {self.duplicates}, "
             f"concealed {self.concealed}",
@@ -136,7 +149,8 @@ async def send_file(opts: SendOptions) -> SendReport:
                       fmt=opts.fmt, preset=opts.preset, hop_frames=opts.hop_frames,
                       lookahead=opts.lookahead, synthesis=opts.synthesis, psk=opts.psk,
                       key=opts.key, encrypt=opts.encrypt, first_seq=opts.first_seq,
-                      playout_ms=playout_ms,
+                      playout_ms=playout_ms, synthesis_hop=opts.synthesis_hop,
+                      mask_hold=opts.mask_hold,
                       features=int(Features.REDUNDANCY) if opts.redundancy else 0)
     cpu0 = time.process_time()
     state = _Receiver()
@@ -445,7 +459,8 @@ class _Receiver:
             bytes_sent=self.bytes_sent, bytes_received=self.bytes_received,
             rtt_ms=summarize([r / 1e6 for r in self.rtt_ns]), latency_ms=summarize(lat),
             turnaround_ms=summarize(turnaround.ravel()), block_latency_ms=lat,
-            dropped=dropped,
+            dropped=dropped, synthesis_hop=acc.synthesis_hop, mask_hold=acc.mask_hold,
+            hop_frames=acc.hop_frames,
         )
 
 

@@ -53,6 +53,10 @@ class ServeOptions:
     metrics_host: str = "127.0.0.1"
     reorder_ms: float = REORDER_MS
     playout_ms: float = PLAYOUT_MS
+    # m and k of the default preset, for clients that leave preset and cadence to the
+    # server (None: the preset's own)
+    synthesis_hop: int | None = None
+    mask_hold: int | None = None
     status_interval: float = 0.0  # seconds between status log lines; 0 = none
 
 
@@ -84,18 +88,38 @@ INSECURE_WARNING = (
     "corruption only. Use --key-file for anything but a trusted, isolated network.")
 
 
-def make_stream_factory(engine: Engine, default_preset: str):
+def make_stream_factory(engine: Engine, default_preset: str,
+                        defaults: StreamRequest | None = None):
+    """Builds a session's separator from what the client asked for. Fields the client left
+    to the server (None) come from the preset; when the client also leaves the preset to
+    the server, they come from `defaults` (the server's own overrides of its default
+    preset) first. Raises EngineError for a configuration the engine refuses (the core
+    answers BAD_REQUEST)."""
+    server_own = defaults or StreamRequest()
+
+    def pick(asked, fallback):
+        return asked if asked is not None else fallback
+
     def make(req: StreamRequest) -> StreamSetup:
-        name = req.preset or default_preset
-        cfg = engine.config(name, req.hop_frames, req.lookahead, req.synthesis)
+        dflt = server_own if req.preset is None else StreamRequest()
+        name = req.preset or dflt.preset or default_preset
+        cfg = engine.config(name, pick(req.hop_frames, dflt.hop_frames),
+                            pick(req.lookahead, dflt.lookahead),
+                            pick(req.synthesis, dflt.synthesis),
+                            pick(req.synthesis_hop, dflt.synthesis_hop),
+                            pick(req.mask_hold, dflt.mask_hold))
         sep = engine.separator(cfg)
         return StreamSetup(sep, name, cfg.hop_frames, cfg.lookahead, cfg.synthesis, sep.delay,
-                           engine.card.hop, 1)
+                           cfg.hop(engine.card.hop), cfg.mask_hold)
 
     return make
 
 
 _TYPE_NAMES = {int(t): t.name.lower() for t in PacketType}
+
+
+def _server_defaults(opts: ServeOptions) -> StreamRequest:
+    return StreamRequest(synthesis_hop=opts.synthesis_hop, mask_hold=opts.mask_hold)
 
 
 class ServerProtocol(asyncio.DatagramProtocol):
@@ -184,7 +208,8 @@ class Server:
         limits = opts.limits or LimitConfig(max_sessions=opts.max_sessions)
         self.core = ServerCore(
             card_stems=card.stems, model_name=card.name, sample_rate=card.sample_rate,
-            channels=card.channels, make_stream=make_stream_factory(self.engine, opts.preset),
+            channels=card.channels, make_stream=make_stream_factory(self.engine, opts.preset,
+                                                         _server_defaults(opts)),
             idle_timeout=opts.idle_timeout, credential=credential, limits=limits,
             reorder_ms=opts.reorder_ms, playout_ms=opts.playout_ms)
         if aead_available():
@@ -216,7 +241,8 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def describe(self) -> str:
-        cfg = self.engine.config(self.opts.preset)
+        cfg = self.engine.config(self.opts.preset, synthesis_hop=self.opts.synthesis_hop,
+                                 mask_hold=self.opts.mask_hold)
         delay = self.engine.latency(cfg).describe()
         rcv = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         lim = self.core.limits.config

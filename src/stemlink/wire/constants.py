@@ -74,7 +74,7 @@ class ByeReason(IntEnum):
     SHUTDOWN = 2
 
 
-PRESET_CODES = {"ultra": 1, "monitor": 2, "balanced": 3, "quality": 4}
+PRESET_CODES = {"ultra": 1, "monitor": 2, "balanced": 3, "quality": 4, "extreme": 5}
 PRESET_NAMES = {v: k for k, v in PRESET_CODES.items()}
 SYNTHESIS_CODES = {"standard": 0, "asymmetric": 1}
 SYNTHESIS_NAMES = {v: k for k, v in SYNTHESIS_CODES.items()}
