@@ -2,9 +2,11 @@
 depend on what the backend sustains (an inference must finish inside its period: H model
 hops, or k synthesis hops of m samples).
 
-CPU choices were measured on the development machine (2-core AMD EPYC, onnxruntime CPU,
-~14 ms per inference): the lowest D whose real-time run misses no deadline. See
-docs/BENCHMARKS.md, "Lower delay: synthesis hop and mask hold", for the commands.
+CPU values of k follow the compute time of one inference on the 2-core development
+machine (p50 13.9 ms, p99 14.5 ms on a quiet machine): one inference per 1024 samples.
+They are provisional: the end-to-end run on the (loaded) machine missed deadlines at
+k = 2; docs/BENCHMARKS.md, "Lower delay: synthesis hop and mask hold", has the runs and
+the rule (the lowest D whose real-time run misses no deadline).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ MODEL_INPUTS = ("masked", "hann")
 MIN_SYNTHESIS_HOP = 128  # samples; below it the per-hop FFT work dominates (2.9 ms at 44.1 kHz)
 MAX_MASK_HOLD = 64  # synthesis hops one mask may be applied for
 
-# (m, k) per backend class, by measurement (BENCHMARKS.md): a GPU sustains one inference
-# per synthesis hop; the 2-core CPU sustains one per 1024 samples.
+# (m, k) per backend class: a GPU is expected to sustain one inference per synthesis hop
+# (not measured here: no GPU); CPU: one per 1024 samples, provisional (see above).
 ULTRA = {"accelerated": (512, 1), "cpu": (512, 2)}
 EXTREME = {"accelerated": (128, 1), "cpu": (128, 8)}
 
