@@ -81,7 +81,8 @@ def test_serve_logs_status_lines_while_a_client_streams(model_dir, tmp_path, exa
     rates = [float(ln.split(" in ")[1].split(" ")[0]) for ln in busy]
     assert max(rates) > 0
     assert any("compute p50" in ln for ln in busy)
-    assert "ended (bye)" in log and "Traceback" not in log
+    assert '"event":"session_end"' in log and '"reason":"bye"' in log
+    assert "Traceback" not in log
 
 
 @pytest.mark.parametrize("interval", ["-1", "x"])

@@ -109,8 +109,11 @@ def make_stream_factory(engine: Engine, default_preset: str,
                             pick(req.synthesis_hop, dflt.synthesis_hop),
                             pick(req.mask_hold, dflt.mask_hold))
         sep = engine.separator(cfg)
-        return StreamSetup(sep, name, cfg.hop_frames, cfg.lookahead, cfg.synthesis, sep.delay,
-                           cfg.hop(engine.card.hop), cfg.mask_hold)
+        # segment families (ChunkConfig) have no synthesis hop or hold: their run is the unit
+        m = cfg.hop(engine.card.hop) if hasattr(cfg, "hop") else engine.card.hop
+        return StreamSetup(sep, name, cfg.hop_frames, cfg.lookahead,
+                           getattr(cfg, "synthesis", "standard"), sep.delay, m,
+                           getattr(cfg, "mask_hold", 1))
 
     return make
 
