@@ -200,6 +200,45 @@ def bench_capacity_cmd(model, backends, preset, seconds, max_clients, out_dir) -
     click.echo(render(r))
 
 
+# --------------------------------------------------------------------------- bench live
+@bench.command("live")
+@_model_option
+@click.option("--preset", "presets", multiple=True, type=click.Choice(PRESET_NAMES),
+              help="Preset(s) to measure (repeatable; default: ultra and monitor).")
+@click.option("--rate", "rates", multiple=True, type=click.IntRange(8000, 192000),
+              help="JACK device rate(s) in Hz (repeatable; default 44100; 48000 exercises "
+                   "live's resampler).")
+@click.option("--profile", "profiles", multiple=True,
+              type=click.Choice(["loopback", "wired", "wifi"]),
+              help="Network between live and the server: plain loopback or a `stemlink "
+                   "relay` profile (repeatable; default loopback).")
+@click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(2, 600),
+              help="Song length played through live per run.")
+@click.option("--audio", type=click.Path(dir_okay=False),
+              help="Song to play (default: the bundled example, looped).")
+@click.option("--monitor", default="accompaniment", show_default=True,
+              help="What live plays back (a stem or a mix such as vocals=1,accompaniment=1).")
+@click.option("--jitter", default=None,
+              help="live's jitter buffer: auto or MS (default: live's own default).")
+@click.option("--jack-server", default=None,
+              help="Reuse this running JACK server (by name) instead of starting a dummy one.")
+@_backend_option
+@click.option("--seed", default=1, show_default=True, type=int, help="Relay seed.")
+@click.option("--out", "out_dir", default="out/bench-live", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_live_cmd(model, presets, rates, profiles, seconds, audio, monitor, jitter,
+                   jack_server, backend, seed, out_dir) -> None:
+    """`live` through a real audio stack (JACK dummy driver): true input-to-output latency,
+    xruns, underruns, SDR against the file path, client CPU."""
+    from stemlink.bench.live_bench import PNG, bench_live, render
+
+    r = bench_live(model, list(presets) or ["ultra", "monitor"], list(rates) or [44100],
+                   list(profiles) or ["loopback"], seconds, audio, monitor, jitter,
+                   jack_server, backend, Path(out_dir), seed)
+    click.echo(render(r))
+    click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
+
+
 # --------------------------------------------------------------------------- network
 def _psk_option(f):
     return click.option("--psk", envvar="STEMLINK_PSK", default="", show_default=False,
@@ -290,13 +329,15 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
                    "server's inference time, ~25 ms on a 2-core CPU.")
 @click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
 @click.option("--seconds", type=click.FloatRange(0.5, None), default=None,
-              help="Stop after this long (default: run until Ctrl-C).")
+              help="Stop after this long (default: run until Ctrl-C or SIGTERM).")
+@click.option("--stats", "stats_path", type=click.Path(dir_okay=False),
+              help="Write xruns, underruns, concealed blocks and the stated latency as JSON.")
 @_psk_option
 def live(server, input_device, output_device, monitor, preset, jitter_blocks, block,
-         seconds, psk) -> None:
-    """Sound card -> server -> headphones, headless; Ctrl-C exits."""
+         seconds, stats_path, psk) -> None:
+    """Sound card -> server -> headphones, headless; Ctrl-C or SIGTERM exits."""
     from stemlink.loop import run_loop
-    from stemlink.udp_client.live import run_live
+    from stemlink.udp_client.live import run_live, save_stats
     from stemlink.udp_client.transport import parse_server
 
     def dev(d):
@@ -310,6 +351,10 @@ def live(server, input_device, output_device, monitor, preset, jitter_blocks, bl
         for stem, js in stats["jitter"].items():
             click.echo(f"{stem}: played {js['pushed']} blocks, concealed {js['concealed']}, "
                        f"late {js['late']}, duplicates {js['duplicates']}")
+        xr = stats["xruns"]
+        click.echo("device xruns: " + ", ".join(f"{k} {v}" for k, v in xr.items()))
+        if stats_path:
+            save_stats(stats, stats_path)
     except KeyboardInterrupt:
         click.echo("live: stopped", err=True)
 
