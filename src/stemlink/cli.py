@@ -359,6 +359,96 @@ def live(server, input_device, output_device, monitor, preset, jitter_blocks, bl
         click.echo("live: stopped", err=True)
 
 
+# --------------------------------------------------------------------------- relay
+class _PerDirection(click.ParamType):
+    """VALUE for both directions, or up:VALUE / down:VALUE for one."""
+
+    name = "[up:|down:]VALUE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        where, _, num = str(value).rpartition(":")
+        where = where.lower()
+        if where not in ("", "up", "down"):
+            self.fail(f"{value!r}: the prefix must be up: or down:", param, ctx)
+        try:
+            v = float(num)
+        except ValueError:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return (where or "both", v)
+
+
+def _per_direction(values) -> dict | None:
+    """Later values win; `both` sets both directions."""
+    if not values:
+        return None
+    out: dict = {}
+    for where, v in values:
+        for d in (("up", "down") if where == "both" else (where,)):
+            out[d] = v
+    return out
+
+
+def _relay_knobs(f):
+    knobs = [
+        ("--duplicate", "probability of sending a datagram twice"),
+        ("--reorder", "probability of swapping a datagram with the next one (adjacent swap)"),
+        ("--delay-ms", "fixed one-way delay, ms"),
+        ("--jitter-ms", "cap of the heavy-tailed (Lomax) extra delay, ms; FIFO, never "
+                        "reorders"),
+        ("--burst", "mean loss-burst length in datagrams (1 = independent losses)"),
+        ("--loss", "stationary loss rate of the Gilbert-Elliott model (0.05 = 5 %)"),
+    ]
+    for flag, text in knobs:
+        f = click.option(flag, type=_PerDirection(), multiple=True, help=text)(f)
+    f = click.option("--profile", type=click.Choice(["wired", "wifi", "stress"]),
+                     help="wired: jitter <= 0.3 ms; wifi: 2 % loss in bursts of 3, jitter "
+                          "<= 3 ms, 0.5 % reorder; stress: 10 % loss in bursts of 2, jitter "
+                          "<= 5 ms, 1 % reorder, 0.5 % duplicates. Flags override it.")(f)
+    return f
+
+
+def _relay_config(profile, loss, burst, jitter_ms, delay_ms, reorder, duplicate, outage,
+                  seed):
+    from stemlink.bench.relay import make_config
+
+    return make_config(profile, seed, outage, loss=_per_direction(loss),
+                       burst=_per_direction(burst), jitter_ms=_per_direction(jitter_ms),
+                       delay_ms=_per_direction(delay_ms), reorder=_per_direction(reorder),
+                       duplicate=_per_direction(duplicate))
+
+
+@cli.command()
+@click.option("--listen", required=True, help="HOST:PORT clients send to (port 0: any).")
+@click.option("--to", "to", required=True, help="HOST:PORT of the server.")
+@_relay_knobs
+@click.option("--outage", type=(float, float), multiple=True, metavar="START_S LEN_S",
+              help="Drop everything, both directions, from START_S after the first "
+                   "datagram for LEN_S seconds (a Wi-Fi dropout). Repeatable.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="Write one line per datagram: seconds, direction, bytes, action.")
+@click.option("--seconds", type=click.FloatRange(0.1, None), default=None,
+              help="Stop after this long (default: until SIGINT/SIGTERM).")
+def relay(listen, to, profile, loss, burst, jitter_ms, delay_ms, reorder, duplicate, outage,
+          seed, log_path, seconds) -> None:
+    """Seeded impairment relay for UDP (loss in Gilbert-Elliott bursts, jitter,
+    reordering, duplication, dropouts) between clients and a server.
+
+    Directions: up = client to server, down = server to client. Every knob takes VALUE
+    (both directions) or up:VALUE / down:VALUE (one direction) and may be repeated; later
+    values win, e.g. `--loss 0.02 --loss down:0.1`. Runs are deterministic for a --seed
+    given the same arrival order. Prints a summary per direction at exit.
+    """
+    from stemlink.bench.relay import parse_host_port, run_relay
+
+    cfg = _relay_config(profile, loss, burst, jitter_ms, delay_ms, reorder, duplicate,
+                        outage, seed)
+    run_relay(cfg, parse_host_port(listen, "--listen"), parse_host_port(to, "--to"),
+              log_path, seconds, lambda s: click.echo(s, err=True))
+
+
 # --------------------------------------------------------------------------- demo
 @cli.command()
 @_model_option
