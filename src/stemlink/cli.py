@@ -222,19 +222,25 @@ def bench_capacity_cmd(model, backends, preset, seconds, max_clients, out_dir) -
               help="live's jitter buffer: auto or MS (default: live's own default).")
 @click.option("--jack-server", default=None,
               help="Reuse this running JACK server (by name) instead of starting a dummy one.")
+@click.option("--jack-sync/--jack-async", default=True, show_default=True,
+              help="Dummy JACK server in sync mode (waits for late clients; xruns still "
+                   "counted) or JACK2's default async mode.")
+@click.option("--jack-realtime/--jack-no-realtime", default=False, show_default=True,
+              help="Run the dummy JACK server with realtime scheduling.")
 @_backend_option
 @click.option("--seed", default=1, show_default=True, type=int, help="Relay seed.")
 @click.option("--out", "out_dir", default="out/bench-live", show_default=True,
               type=click.Path(file_okay=False))
 def bench_live_cmd(model, presets, rates, profiles, seconds, audio, monitor, jitter,
-                   jack_server, backend, seed, out_dir) -> None:
+                   jack_server, jack_sync, jack_realtime, backend, seed, out_dir) -> None:
     """`live` through a real audio stack (JACK dummy driver): true input-to-output latency,
     xruns, underruns, SDR against the file path, client CPU."""
     from stemlink.bench.live_bench import PNG, bench_live, render
 
     r = bench_live(model, list(presets) or ["ultra", "monitor"], list(rates) or [44100],
                    list(profiles) or ["loopback"], seconds, audio, monitor, jitter,
-                   jack_server, backend, Path(out_dir), seed)
+                   jack_server, backend, Path(out_dir), seed, realtime=jack_realtime,
+                   sync=jack_sync)
     click.echo(render(r))
     click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
 

@@ -59,9 +59,26 @@ def _quiet(message: str) -> None:
     pass
 
 
+def die_with_parent() -> None:
+    """preexec_fn for children: SIGTERM them when the process that started them dies, so a
+    killed benchmark or test never leaves a jackd (or a live client) behind (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class JackServer:
-    """`jackd --no-realtime -d dummy -r RATE -p PERIOD` under a private name, or an existing
-    server reused by name (then it is left running)."""
+    """`jackd --no-realtime [--sync] -d dummy -r RATE -p PERIOD` under a private name, or an
+    existing server reused by name (then it is left running).
+
+    Sync mode makes the server wait for every client to finish each cycle. A client that
+    runs late on a busy machine (the harness's own Python player and recorder included)
+    then delays that cycle, which JACK still reports as an xrun, instead of having a
+    half-written buffer read, which would corrupt the measurement itself; the dummy
+    driver keeps the average rate real time."""
 
     def __init__(self, rate: int, period: int = JACK_PERIOD, reuse: str | None = None,
                  realtime: bool = False, sync: bool = False) -> None:
@@ -83,7 +100,8 @@ class JackServer:
             [jackd, "-n", self.name, "--realtime" if realtime else "--no-realtime",
              *(["--sync"] if sync else []), "-d", "dummy", "-r", str(rate), "-p", str(period)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True)  # a Ctrl-C meant for us reaches jackd only through stop()
+            start_new_session=True,  # a Ctrl-C meant for us reaches jackd only through stop()
+            preexec_fn=die_with_parent)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:

@@ -20,6 +20,7 @@ measured latency; live's CPU from /proc.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -33,7 +34,13 @@ import numpy as np
 from stemlink import audio as aio
 from stemlink.bench import procs
 from stemlink.bench.fidelity import sdr
-from stemlink.bench.jackrig import JackServer, Rig, portaudio_jack_device, self_test
+from stemlink.bench.jackrig import (
+    JackServer,
+    Rig,
+    die_with_parent,
+    portaudio_jack_device,
+    self_test,
+)
 from stemlink.bench.machine import describe, machine
 from stemlink.bench.stats import markdown_table
 from stemlink.errors import StemlinkError
@@ -47,6 +54,7 @@ MAX_LAG_S = 3.0  # whole-song search range
 TAIL_S = 1.5  # recorded after the song ends (room for the latency)
 LIVE_START_TIMEOUT_S = 60.0
 LIVE_STOP_TIMEOUT_S = 15.0
+SEPARATE_TIMEOUT_S = 600.0
 SILENT_WINDOW = 1e-3  # windows below this fraction of the mean energy are not timed
 MIN_WINDOW_CORR = 0.5  # windows whose normalised correlation peak is lower are not timed
 
@@ -100,7 +108,8 @@ class LiveChild:
                 "--monitor", cfg.monitor, "--preset", cfg.preset, "--stats", str(stats), *extra]
         self.command = args
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env, start_new_session=True)
+                                     text=True, env=env, start_new_session=True,
+                                     preexec_fn=die_with_parent)
         self.lines: list[str] = []
         self.cpu0 = self.t0 = None
 
@@ -159,14 +168,19 @@ class LiveChild:
 # ------------------------------------------------------------------------------ relay child
 def start_relay(profile: str, upstream_port: int, seed: int, tmp: Path):
     """`stemlink relay --profile P` between live and the server; -> (child, listen port)."""
-    port = procs.free_port()
-    child = procs.Child(["-m", "stemlink", "relay", "--listen", f"127.0.0.1:{port}",
-                         "--upstream", f"127.0.0.1:{upstream_port}", "--profile", profile,
-                         "--seed", str(seed)], "", tmp / f"relay-{profile}.json")
-    time.sleep(0.5)
-    if child.proc.poll() is not None:
-        raise LiveBenchError(f"stemlink relay exited: {''.join(child.log)[-300:]}")
-    return child, port
+    child = procs.Child(["-m", "stemlink", "relay", "--listen", "127.0.0.1:0", "--to",
+                         f"127.0.0.1:{upstream_port}", "--profile", profile, "--seed",
+                         str(seed)], "stemlink relay listening on", tmp / "relay.json")
+    m = re.search(r"listening on [^\s]+:(\d+)", child.log[-1])
+    if m is None:
+        child.stop()
+        raise LiveBenchError(f"cannot read the relay's port from: {child.log[-1].strip()}")
+    return child, int(m.group(1))
+
+
+def relay_summary(child) -> list[str]:
+    """The relay's own per-direction counts (it prints them at exit)."""
+    return [ln.strip() for ln in child.log if ln.strip().startswith(("up:", "down:"))]
 
 
 # ------------------------------------------------------------------------------ analysis
@@ -249,7 +263,7 @@ def expected_stems(model: str, song_wav: Path, preset: str, tmp: Path) -> tuple[
     out = tmp / f"ref-{preset}"
     r = subprocess.run([sys.executable, "-m", "stemlink", "separate", str(song_wav), "--model",
                         model, "--preset", preset, "--out", str(out)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, timeout=SEPARATE_TIMEOUT_S)
     if r.returncode != 0:
         raise LiveBenchError(f"stemlink separate failed: {r.stderr.strip()[-300:]}")
     stems = {}
@@ -272,7 +286,7 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, expecte
             live_help: str) -> dict:
     song_dev = aio.resample(song, song_sr, jack.rate)
     exp_dev = aio.resample(expected, song_sr, jack.rate, length=song_dev.shape[1])
-    relay = None
+    relay, relay_lines = None, []
     port = server_port
     if cfg.profile != "loopback":
         relay, port = start_relay(cfg.profile, server_port, seed, tmp)
@@ -307,6 +321,7 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, expecte
         rig.close()
         if relay is not None:
             relay.stop()
+            relay_lines = relay_summary(relay)
     if rc != 0 or not stats:
         raise LiveBenchError(f"live exited with status {rc} after the signal: "
                              f"{' | '.join(live.lines[-5:])}")
@@ -338,6 +353,7 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, expecte
                       "stopped_by_signal": stats.get("stopped_by_signal"),
                       "jack_ports_left": left},
         "live_output": live.lines[-6:],
+        "relay": relay_lines,
     }
 
 
@@ -346,7 +362,7 @@ def bench_live(model: str, presets: list[str], rates: list[int], profiles: list[
                seconds: float, audio: str | None, monitor: str, jitter: str | None,
                jack_server: str | None, backend: str, out: Path, seed: int = 1,
                stop_signal: int = signal.SIGTERM, realtime: bool = False,
-               sync: bool = False) -> dict:
+               sync: bool = True) -> dict:
     from stemlink.bench.latency import bench_audio
 
     out.mkdir(parents=True, exist_ok=True)
@@ -393,6 +409,8 @@ def bench_live(model: str, presets: list[str], rates: list[int], profiles: list[
         "benchmark": "live", "command": "stemlink " + " ".join(sys.argv[1:]),
         "machine": machine(), "load_before": _loadavg(), "backend": backend,
         "audio": audio or "audio_example.mp3 (looped)", "monitor": monitor,
+        "jack": {"driver": "dummy", "sync": sync, "realtime": realtime,
+                 "reused_server": jack_server},
         "server_cpu_cores": server_cpu, "runs": runs,
     }
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -429,8 +447,11 @@ def render(result: dict) -> str:
          "live xrun callbacks /min", "underruns", "concealed blocks",
          "SDR vs file path dB", "client CPU"], rows)
     r0 = result["runs"][0] if result["runs"] else {}
+    jk = result["jack"]
     head = (f"live through JACK (dummy driver, {r0.get('config', {}).get('jack_period', '?')}"
-            f"-frame periods), monitor {result['monitor']}, {result['audio']}\n"
+            f"-frame periods, {'sync' if jk['sync'] else 'async'} mode, "
+            f"{'realtime' if jk['realtime'] else 'no-realtime'}), monitor {result['monitor']}, "
+            f"{result['audio']}\n"
             f"machine: {describe(result['machine'])}; load average before: "
             f"{result['load_before']}\ncommand: {result['command']}\n\n")
     return head + table
