@@ -72,9 +72,13 @@ def test_live_through_jack_latency_equals_the_stated_total(model_dir, tmp_path, 
     times = m["windows"]["latency_ms"]
     assert len(times) >= SONG_S / 0.5 - 4, m["windows"]
     assert max(abs(t - stated) for t in times) <= one_block_ms, times
-    # no dropouts on clean loopback, counted by live itself (every stem block in time)
+    # no dropouts on clean loopback: live played every stem block in time (its own
+    # underrun counter), and jackd never found live's client unfinished at a cycle's end.
+    # JACK's xrun total is reported, not asserted: on a busy machine the dummy driver's own
+    # timer wakes late now and then (jackd logs those as the driver's, not a client's).
     assert run["underruns"] == 0, run["live_output"]
     assert all(v == 0 for v in run["concealed_blocks"].values()), run["concealed_blocks"]
+    assert run["jackd"]["xrun_blame_whole_server_run"].get("PortAudio", 0) == 0, run["jackd"]
     # what came out is the stem the file path gives, at the file path's fidelity
     assert m["sdr_db"] >= SDR_FLOOR_DB[rate], m["sdr_db"]
     # the signal stopped it cleanly: exit 0, stats written, no JACK client left behind,

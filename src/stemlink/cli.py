@@ -225,8 +225,9 @@ def bench_capacity_cmd(model, backends, preset, seconds, max_clients, out_dir) -
 @click.option("--jack-sync/--jack-async", default=True, show_default=True,
               help="Dummy JACK server in sync mode (waits for late clients; xruns still "
                    "counted) or JACK2's default async mode.")
-@click.option("--jack-realtime/--jack-no-realtime", default=False, show_default=True,
-              help="Run the dummy JACK server with realtime scheduling.")
+@click.option("--jack-realtime/--jack-no-realtime", default=True, show_default=True,
+              help="Run the dummy JACK server with realtime scheduling (falls back to "
+                   "--no-realtime where refused).")
 @_backend_option
 @click.option("--seed", default=1, show_default=True, type=int, help="Relay seed.")
 @click.option("--out", "out_dir", default="out/bench-live", show_default=True,
