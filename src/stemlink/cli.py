@@ -230,10 +230,13 @@ def bench_capacity_cmd(model, backends, preset, seconds, max_clients, out_dir) -
                    "--no-realtime where refused).")
 @_backend_option
 @click.option("--seed", default=1, show_default=True, type=int, help="Relay seed.")
+@click.option("--keep-audio", is_flag=True,
+              help="Also write what live played and what the file path expects, as WAVs.")
 @click.option("--out", "out_dir", default="out/bench-live", show_default=True,
               type=click.Path(file_okay=False))
 def bench_live_cmd(model, presets, rates, profiles, seconds, audio, monitor, jitter,
-                   jack_server, jack_sync, jack_realtime, backend, seed, out_dir) -> None:
+                   jack_server, jack_sync, jack_realtime, backend, seed, keep_audio,
+                   out_dir) -> None:
     """`live` through a real audio stack (JACK dummy driver): true input-to-output latency,
     xruns, underruns, SDR against the file path, client CPU."""
     from stemlink.bench.live_bench import PNG, bench_live, render
@@ -241,7 +244,7 @@ def bench_live_cmd(model, presets, rates, profiles, seconds, audio, monitor, jit
     r = bench_live(model, list(presets) or ["ultra", "monitor"], list(rates) or [44100],
                    list(profiles) or ["loopback"], seconds, audio, monitor, jitter,
                    jack_server, backend, Path(out_dir), seed, realtime=jack_realtime,
-                   sync=jack_sync)
+                   sync=jack_sync, keep_audio=keep_audio)
     click.echo(render(r))
     click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
 

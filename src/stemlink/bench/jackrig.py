@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from stemlink.errors import StemlinkError
 
 JACK_PERIOD = 256  # frames per JACK cycle (the issue's `-p 256`)
 START_TIMEOUT_S = 10.0
+LOG_LINES = 200_000  # jackd log lines kept (xrun accounting)
 PORTAUDIO_PORT = re.compile(r"^(?P<client>[^:]+):(?P<dir>in|out)_(?P<n>\d+)$")
 
 
@@ -157,6 +159,14 @@ class JackServer:
         if realtime and not self._is_realtime():
             self.stop()
             raise JackUnavailable("jackd could not get realtime scheduling")
+        # jackd logs every xrun: keep its pipe drained, or it would block writing to it
+        self._drain = threading.Thread(target=self._read_log, daemon=True)
+        self._drain.start()
+
+    def _read_log(self) -> None:
+        for line in self.proc.stdout:
+            if len(self.log) < LOG_LINES:
+                self.log.append(line.rstrip())
 
     def _is_realtime(self) -> bool:
         """Whether any of jackd's threads runs under a realtime policy (it falls back to
@@ -180,11 +190,13 @@ class JackServer:
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
-            out, _ = self.proc.communicate(timeout=10)
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        self.log = (out or "").splitlines()
+            self.proc.wait()
+        drain = getattr(self, "_drain", None)
+        if drain is not None:
+            drain.join(timeout=5)
 
     def xrun_blame(self) -> dict:
         """jackd's own account of its xruns (from its log): which client had not finished

@@ -47,6 +47,7 @@ from stemlink.bench.machine import describe, machine
 from stemlink.bench.stats import markdown_table
 from stemlink.errors import StemlinkError
 from stemlink.percentiles import summarize
+from stemlink.udp_client.live import SIGNAL_THRESHOLD
 
 PNG = "latency_over_time.png"
 WINDOW_S = 1.0  # latency-over-time window
@@ -56,7 +57,6 @@ MAX_LAG_S = 3.0  # whole-song search range
 TAIL_S = 1.5  # recorded after the song ends (room for the latency)
 LIVE_START_TIMEOUT_S = 60.0
 LIVE_STOP_TIMEOUT_S = 15.0
-SEPARATE_TIMEOUT_S = 600.0
 SERVER_START_TIMEOUT_S = 120.0
 # jackd, the server and live each run in their own session with this nice (their autogroup's
 # too), where permitted: on a shared machine the audio path gets its share of the CPU.
@@ -177,7 +177,7 @@ class ServerChild:
     def __init__(self, model: str, port: int, preset: str, backend: str, nice: int) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stemlink", "serve", "--model", model, "--port", str(port),
-             "--preset", preset, "--backend", backend, "--log-level", "warning"],
+             "--preset", preset, "--backend", backend, "--log-level", "info"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             start_new_session=True, preexec_fn=die_with_parent)
         self.nice_applied = raise_priority(self.proc.pid, nice) if nice else None
@@ -200,6 +200,10 @@ class ServerChild:
         for line in self.proc.stderr:
             if len(self.log) < 1000:
                 self.log.append(line)
+
+    def session_ends(self) -> list[str]:
+        """The server's one-line account of each session it closed (info log)."""
+        return [ln.strip() for ln in self.log if "session" in ln and " ended (" in ln]
 
     def cpu_use(self) -> float:
         return ((procs.cpu_seconds(self.proc.pid) - self.cpu0)
@@ -307,20 +311,50 @@ def measure(rec: np.ndarray, expected: np.ndarray, rate: int) -> dict:
 
 
 # ------------------------------------------------------------------------------ one run
-def expected_stems(model: str, song_wav: Path, preset: str, tmp: Path) -> tuple[dict, int]:
-    """The file path: `stemlink separate --preset P` (same streaming separator the server
-    runs), one WAV per stem, aligned with the input."""
-    out = tmp / f"ref-{preset}"
-    r = subprocess.run([sys.executable, "-m", "stemlink", "separate", str(song_wav), "--model",
-                        model, "--preset", preset, "--out", str(out)],
-                       capture_output=True, text=True, timeout=SEPARATE_TIMEOUT_S)
-    if r.returncode != 0:
-        raise LiveBenchError(f"stemlink separate failed: {r.stderr.strip()[-300:]}")
-    stems = {}
-    sr = 0
-    for p in sorted(out.glob("*.wav")):
-        stems[p.stem], sr = aio.read_audio(p)
-    return stems, sr
+class FilePath:
+    """The file path's stems for a song (the streaming separator of `stemlink separate
+    --preset P`, same model and preset), aligned to the input.
+
+    A streaming separator's output depends on where its STFT/inference grid (H hops) falls
+    in the signal: `live` starts its media clock when capture starts, not when the song
+    does, so the song enters the server `phase` samples into the grid. The reference is
+    computed with the same phase (that much silence first, then removed), which live's
+    stats give exactly (the media timestamp of the first input sample above -60 dBFS)."""
+
+    def __init__(self, model: str, song: np.ndarray, song_sr: int) -> None:
+        from stemlink.engine.session import open_engine
+
+        self.engine = open_engine(model, "cpu")
+        self.card = self.engine.card
+        self.x = aio.resample(aio.to_channels(song, self.card.channels), song_sr,
+                              self.card.sample_rate)
+        self.song_sr, self.n = song_sr, song.shape[1]
+        self.cache: dict = {}
+
+    def grid(self, preset: str) -> int:
+        return self.engine.config(preset, None, None, None).hop_frames * self.card.hop
+
+    def first_signal(self) -> int:
+        loud = np.flatnonzero(np.max(np.abs(self.x), axis=0) > SIGNAL_THRESHOLD)
+        return int(loud[0]) if loud.size else 0
+
+    def stems(self, preset: str, phase: int) -> dict:
+        from stemlink.separate import stream_array
+
+        phase %= self.grid(preset)
+        key = (preset, phase)
+        if key not in self.cache:
+            sep = self.engine.separator(self.engine.config(preset, None, None, None))
+            padded = np.concatenate([np.zeros((self.x.shape[0], phase), np.float32), self.x],
+                                    axis=1)
+            out = stream_array(sep, padded)[:, :, phase:]
+            self.cache[key] = {
+                name: aio.resample(s, self.card.sample_rate, self.song_sr, length=self.n)
+                for name, s in zip(self.card.stems, out, strict=True)}
+        return self.cache[key]
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 def monitor_mix(stems: dict, monitor: str) -> np.ndarray:
@@ -331,11 +365,11 @@ def monitor_mix(stems: dict, monitor: str) -> np.ndarray:
     return sum(g * stems[nm] for g, nm in zip(gains, names, strict=True) if g)
 
 
-def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, expected: np.ndarray,
+def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, ref: FilePath,
             server_port: int, jack: JackServer, device: int, tmp: Path, seed: int,
-            live_help: str, nice: int = 0) -> dict:
+            live_help: str, nice: int = 0, keep_audio: Path | None = None,
+            server: ServerChild | None = None) -> dict:
     song_dev = aio.resample(song, song_sr, jack.rate)
-    exp_dev = aio.resample(expected, song_sr, jack.rate, length=song_dev.shape[1])
     relay, relay_lines = None, []
     port = server_port
     if cfg.profile != "loopback":
@@ -363,13 +397,14 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, expecte
             raise LiveBenchError("the JACK recorder stopped advancing (JACK server stalled?)")
         cpu = live.cpu_cores()
         jack_xruns = rig.state.xruns - xruns0
+        ends_before = len(server.session_ends()) if server is not None else 0
         rc, stop_s = live.stop(cfg.stop_signal)
         stats = live.stats()
-        time.sleep(0.3)
+        time.sleep(0.3)  # live's BYE reaches the server, which logs the session's end
         left = [p for p in rig.port_names() - before if not p.startswith("stemlink-")]
     finally:
-        if live is not None and live.proc.poll() is None:
-            live.stop(signal.SIGKILL)
+        if live is not None and live.proc.poll() is None:  # interrupted: stop it cleanly
+            live.stop(signal.SIGTERM)
         rig.close()
         if relay is not None:
             relay.stop()
@@ -377,7 +412,15 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, expecte
     if rc != 0 or not stats:
         raise LiveBenchError(f"live exited with status {rc} after the signal: "
                              f"{' | '.join(live.lines[-5:])}")
+    session = server.session_ends()[ends_before:] if server is not None else []
+    first = stats.get("first_signal_media_ts")
+    phase = 0 if first is None else first - ref.first_signal()
+    expected = monitor_mix(ref.stems(cfg.preset, phase), cfg.monitor)
+    exp_dev = aio.resample(expected, song_sr, jack.rate, length=song_dev.shape[1])
     m = measure(rig.rec, exp_dev, jack.rate)
+    if keep_audio is not None:  # what live played, and what the file path says it should be
+        aio.write_audio(keep_audio / f"recorded-{cfg.label}.wav", rig.rec, jack.rate)
+        aio.write_audio(keep_audio / f"expected-{cfg.label}.wav", exp_dev, jack.rate)
     lat = stats.get("latency", {})
     stated = lat.get("stated_total_ms")
     minutes = secs / 60
@@ -390,6 +433,7 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, expecte
         "live_command": " ".join(["stemlink", *live.command[3:]]),
         "seconds": secs,
         "measured": m,
+        "file_path_grid_phase": phase % ref.grid(cfg.preset),
         "stated_total_ms": stated,
         "measured_minus_stated_ms": None if stated is None else m["latency_ms"] - stated,
         "live_latency": lat,
@@ -406,7 +450,16 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, expecte
                       "jack_ports_left": left},
         "live_output": live.lines[-6:],
         "relay": relay_lines,
+        "server_session": session[-1] if session else None,
+        "server_input_concealed_blocks": _count(session, r"concealed blocks (\d+)"),
+        "server_overload_drops": _count(session, r"overload drops (\d+)"),
     }
+
+
+def _count(lines: list[str], pattern: str) -> int | None:
+    """A counter from the server's session-end line (None where it does not say)."""
+    found = [re.search(pattern, ln) for ln in lines]
+    return sum(int(f.group(1)) for f in found if f) if any(found) else None
 
 
 # ------------------------------------------------------------------------------ the command
@@ -414,9 +467,12 @@ def bench_live(model: str, presets: list[str], rates: list[int], profiles: list[
                seconds: float, audio: str | None, monitor: str, jitter: str | None,
                jack_server: str | None, backend: str, out: Path, seed: int = 1,
                stop_signal: int = signal.SIGTERM, realtime: bool = True,
-               sync: bool = True, nice: int = AUDIO_NICE) -> dict:
+               sync: bool = True, nice: int = AUDIO_NICE, keep_audio: bool = False) -> dict:
+    load = _loadavg()
     result = _bench_live(model, presets, rates, profiles, seconds, audio, monitor, jitter,
-                         jack_server, backend, out, seed, stop_signal, realtime, sync, nice)
+                         jack_server, backend, out, seed, stop_signal, realtime, sync, nice,
+                         keep_audio)
+    result["load_before"] = load
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(render(result) + "\n")
     plot(result, out / PNG)
@@ -424,7 +480,7 @@ def bench_live(model: str, presets: list[str], rates: list[int], profiles: list[
 
 
 def _bench_live(model, presets, rates, profiles, seconds, audio, monitor, jitter, jack_server,
-                backend, out, seed, stop_signal, realtime, sync, nice) -> dict:
+                backend, out, seed, stop_signal, realtime, sync, nice, keep_audio) -> dict:
     from stemlink.bench.latency import bench_audio
 
     out.mkdir(parents=True, exist_ok=True)
@@ -441,7 +497,7 @@ def _bench_live(model, presets, rates, profiles, seconds, audio, monitor, jitter
         else:
             song, song_sr = bench_audio(seconds, wav)
         song = aio.to_channels(song, 2)
-        refs = {p: monitor_mix(expected_stems(model, wav, p, tmp)[0], monitor) for p in presets}
+        ref = FilePath(model, song, song_sr)
         port = procs.free_port()
         server = ServerChild(model, port, presets[0], backend, nice)
         try:
@@ -454,8 +510,9 @@ def _bench_live(model, presets, rates, profiles, seconds, audio, monitor, jitter
                     for profile in profiles:
                         for preset in presets:
                             cfg = LiveConfig(preset, rate, profile, monitor, jitter, stop_signal)
-                            r = run_one(cfg, model, song, song_sr, refs[preset], port, jack,
-                                        device, tmp, seed, help_text, nice)
+                            r = run_one(cfg, model, song, song_sr, ref, port, jack,
+                                        device, tmp, seed, help_text, nice,
+                                        out if keep_audio else None, server)
                             r["rig_self_test_lag_frames"] = rig_lag
                             runs.append(r)
                 finally:
@@ -470,9 +527,10 @@ def _bench_live(model, presets, rates, profiles, seconds, audio, monitor, jitter
             server_cpu = server.cpu_use()
         finally:
             server.stop()
+            ref.close()
     result = {
         "benchmark": "live", "command": "stemlink " + " ".join(sys.argv[1:]),
-        "machine": machine(), "load_before": _loadavg(), "backend": backend,
+        "machine": machine(), "load_after": _loadavg(), "backend": backend,
         "audio": audio or "audio_example.mp3 (looped)", "monitor": monitor,
         "jack": {"driver": "dummy", "sync": sync, "realtime": realtime,
                  "reused_server": jack_server},
@@ -517,7 +575,8 @@ def render(result: dict) -> str:
             f"monitor {result['monitor']}, "
             f"{result['audio']}\n"
             f"machine: {describe(result['machine'])}; load average before: "
-            f"{result['load_before']}\ncommand: {result['command']}\n\n")
+            f"{result['load_before']}; after: {result['load_after']}\n"
+            f"command: {result['command']}\n\n")
     return head + table
 
 

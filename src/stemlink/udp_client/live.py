@@ -25,6 +25,8 @@ from stemlink.udp_client.transport import connect
 from stemlink.wire import packets as pk
 from stemlink.wire.constants import PRESET_NAMES
 
+SIGNAL_THRESHOLD = 1e-3  # -60 dBFS: the first input sample above it is reported (stats)
+
 
 def _sounddevice():
     try:
@@ -164,6 +166,7 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
     stop = asyncio.Event()
     signals = _stop_on_signals(loop, stop)
     stated_printed = False
+    first_signal = None
     device_latency = {}
     try:
         # the input stream is opened first: on JACK its callback then runs first in every
@@ -188,6 +191,10 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
                 x = aio.to_channels(np.ascontiguousarray(data.T), acc.channels)
                 if rs_in is not None:
                     x = rs_in.resample_chunk(x.T).T
+                if first_signal is None and x.size:  # where sound first came in, media time
+                    loud = np.flatnonzero(np.max(np.abs(x), axis=0) > SIGNAL_THRESHOLD)
+                    if loud.size:
+                        first_signal = ts + pending.shape[1] + int(loud[0])
                 pending = np.concatenate([pending, x], axis=1)
                 b = acc.block_frames
                 while pending.shape[1] >= b:
@@ -209,6 +216,7 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
     stats["xruns"] = xruns
     stats["underruns"] = sum(jb.stats.concealed for jb in po.buffers.values())
     stats["stopped_by_signal"] = stop.is_set()
+    stats["first_signal_media_ts"] = first_signal  # model samples; None if all silence
     stats["jitter"] = {acc.stems[i]: vars(jb.stats) for i, jb in po.buffers.items()}
     stats["blocks_sent"] = ts // acc.block_frames
     return stats
