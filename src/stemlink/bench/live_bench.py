@@ -171,28 +171,28 @@ class LiveChild:
             return {}
 
 
-class ServerChild:
-    """`stemlink serve` on loopback in its own session (so its priority can be raised)."""
+class AudioPathChild:
+    """A child on the audio path (the server, the relay) in its own session, so its
+    priority can be raised; ready when its stderr shows `ready`."""
 
-    def __init__(self, model: str, port: int, preset: str, backend: str, nice: int) -> None:
+    def __init__(self, args: list[str], ready: str, nice: int) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stemlink", "serve", "--model", model, "--port", str(port),
-             "--preset", preset, "--backend", backend, "--log-level", "info"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            start_new_session=True, preexec_fn=die_with_parent)
+            [sys.executable, "-m", "stemlink", *args], stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, start_new_session=True,
+            preexec_fn=die_with_parent)
         self.nice_applied = raise_priority(self.proc.pid, nice) if nice else None
         self.log: list[str] = []
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             line = self.proc.stderr.readline()  # it prints its banner when ready
             if not line and self.proc.poll() is not None:
-                raise LiveBenchError(f"server exited: {''.join(self.log)[-300:]}")
+                raise LiveBenchError(f"{args[0]} exited: {''.join(self.log)[-300:]}")
             self.log.append(line)
-            if "stemlink serving" in line:
+            if ready in line:
                 break
         else:
             self.stop()
-            raise LiveBenchError("the server did not start in time")
+            raise LiveBenchError(f"{args[0]} did not start in time")
         threading.Thread(target=self._drain, daemon=True).start()
         self.t0, self.cpu0 = time.monotonic(), procs.cpu_seconds(self.proc.pid)
 
@@ -220,11 +220,13 @@ class ServerChild:
 
 
 # ------------------------------------------------------------------------------ relay child
-def start_relay(profile: str, upstream_port: int, seed: int, tmp: Path):
-    """`stemlink relay --profile P` between live and the server; -> (child, listen port)."""
-    child = procs.Child(["-m", "stemlink", "relay", "--listen", "127.0.0.1:0", "--to",
-                         f"127.0.0.1:{upstream_port}", "--profile", profile, "--seed",
-                         str(seed)], "stemlink relay listening on", tmp / "relay.json")
+def start_relay(profile: str, upstream_port: int, seed: int, nice: int):
+    """`stemlink relay --profile P` between live and the server, at the audio path's
+    priority (an emulated network should add its profile's delays, not the machine's
+    load); -> (child, listen port)."""
+    child = AudioPathChild(["relay", "--listen", "127.0.0.1:0", "--to",
+                            f"127.0.0.1:{upstream_port}", "--profile", profile, "--seed",
+                            str(seed)], "stemlink relay listening on", nice)
     m = re.search(r"listening on [^\s]+:(\d+)", child.log[-1])
     if m is None:
         child.stop()
@@ -368,12 +370,12 @@ def monitor_mix(stems: dict, monitor: str) -> np.ndarray:
 def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, ref: FilePath,
             server_port: int, jack: JackServer, device: int, tmp: Path, seed: int,
             live_help: str, nice: int = 0, keep_audio: Path | None = None,
-            server: ServerChild | None = None) -> dict:
+            server: AudioPathChild | None = None) -> dict:
     song_dev = aio.resample(song, song_sr, jack.rate)
     relay, relay_lines = None, []
     port = server_port
     if cfg.profile != "loopback":
-        relay, port = start_relay(cfg.profile, server_port, seed, tmp)
+        relay, port = start_relay(cfg.profile, server_port, seed, nice)
     rig = Rig(jack, song_dev, tail=int(TAIL_S * jack.rate))
     live = None
     try:
@@ -408,6 +410,7 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, ref: Fi
         rig.close()
         if relay is not None:
             relay.stop()
+            time.sleep(0.2)  # its summary lines reach our log reader
             relay_lines = relay_summary(relay)
     if rc != 0 or not stats:
         raise LiveBenchError(f"live exited with status {rc} after the signal: "
@@ -499,7 +502,9 @@ def _bench_live(model, presets, rates, profiles, seconds, audio, monitor, jitter
         song = aio.to_channels(song, 2)
         ref = FilePath(model, song, song_sr)
         port = procs.free_port()
-        server = ServerChild(model, port, presets[0], backend, nice)
+        server = AudioPathChild(["serve", "--model", model, "--port", str(port), "--preset",
+                                 presets[0], "--backend", backend, "--log-level", "info"],
+                                "stemlink serving", nice)
         try:
             for rate in rates:
                 jack = JackServer(rate, reuse=jack_server, realtime=realtime, sync=sync,

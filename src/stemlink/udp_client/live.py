@@ -175,8 +175,8 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
                             dtype="float32", callback=in_cb) as ins, \
              sd.OutputStream(device=output_device, channels=out_ch, samplerate=rate,
                              dtype="float32", callback=out_cb) as outs:
-            device_latency = {"input_ms": 1000 * float(ins.latency),
-                              "output_ms": 1000 * float(outs.latency)}
+            device_latency = {"input_ms": 1000 * float(getattr(ins, "latency", 0.0)),
+                              "output_ms": 1000 * float(getattr(outs, "latency", 0.0))}
             next_ping = time.monotonic()
             while (stop_at is None or time.monotonic() < stop_at) and not stop.is_set():
                 if not stated_printed and account.first_samples is not None:
