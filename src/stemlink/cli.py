@@ -502,6 +502,55 @@ def bench_aead_cmd(packets, json_path) -> None:
         Path(json_path).write_text(json.dumps(r, indent=2) + "\n")
 
 
+# --------------------------------------------------------------------------- bench live
+@bench.command("live")
+@_model_option
+@click.option("--preset", "presets", multiple=True, type=click.Choice(PRESET_NAMES),
+              help="Preset(s) to measure (repeatable; default: ultra and monitor).")
+@click.option("--rate", "rates", multiple=True, type=click.IntRange(8000, 192000),
+              help="JACK device rate(s) in Hz (repeatable; default 44100; 48000 exercises "
+                   "live's resampler).")
+@click.option("--profile", "profiles", multiple=True,
+              type=click.Choice(["loopback", "wired", "wifi"]),
+              help="Network between live and the server: plain loopback or a `stemlink "
+                   "relay` profile (repeatable; default loopback).")
+@click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(2, 600),
+              help="Song length played through live per run.")
+@click.option("--audio", type=click.Path(dir_okay=False),
+              help="Song to play (default: the bundled example, looped).")
+@click.option("--monitor", default="accompaniment", show_default=True,
+              help="What live plays back (a stem or a mix such as vocals=1,accompaniment=1).")
+@click.option("--jitter", default=None,
+              help="live's jitter buffer: auto or MS (default: live's own default).")
+@click.option("--jack-server", default=None,
+              help="Reuse this running JACK server (by name) instead of starting a dummy one.")
+@click.option("--jack-sync/--jack-async", default=True, show_default=True,
+              help="Dummy JACK server in sync mode (waits for late clients; xruns still "
+                   "counted) or JACK2's default async mode.")
+@click.option("--jack-realtime/--jack-no-realtime", default=True, show_default=True,
+              help="Run the dummy JACK server with realtime scheduling (falls back to "
+                   "--no-realtime where refused).")
+@_backend_option
+@click.option("--seed", default=1, show_default=True, type=int, help="Relay seed.")
+@click.option("--keep-audio", is_flag=True,
+              help="Also write what live played and what the file path expects, as WAVs.")
+@click.option("--out", "out_dir", default="out/bench-live", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_live_cmd(model, presets, rates, profiles, seconds, audio, monitor, jitter,
+                   jack_server, jack_sync, jack_realtime, backend, seed, keep_audio,
+                   out_dir) -> None:
+    """`live` through a real audio stack (JACK dummy driver): true input-to-output latency,
+    xruns, underruns, SDR against the file path, client CPU."""
+    from stemlink.bench.live_bench import PNG, bench_live, render
+
+    r = bench_live(model, list(presets) or ["ultra", "monitor"], list(rates) or [44100],
+                   list(profiles) or ["loopback"], seconds, audio, monitor, jitter,
+                   jack_server, backend, Path(out_dir), seed, realtime=jack_realtime,
+                   sync=jack_sync, keep_audio=keep_audio)
+    click.echo(render(r))
+    click.echo(f"\nwrote {out_dir}/results.json, {out_dir}/results.md, {out_dir}/{PNG}")
+
+
 # --------------------------------------------------------------------------- network
 def _psk_option(f):
     f = click.option("--psk", envvar="STEMLINK_PSK", default="", show_default=False,
@@ -776,19 +825,22 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
               help="Deprecated: a fixed buffer of this many blocks; use --jitter MS.")
 @click.option("--block", default=256, show_default=True, type=click.Choice(["64", "128", "256"]))
 @click.option("--seconds", type=click.FloatRange(0.5, None), default=None,
-              help="Stop after this long (default: run until Ctrl-C).")
+              help="Stop after this long (default: run until Ctrl-C or SIGTERM).")
+@click.option("--stats", "stats_path", type=click.Path(dir_okay=False),
+              help="Write the stats (xruns, underruns, concealed blocks, the stated latency) "
+                   "as JSON.")
 @_conceal_option
 @_redundancy_option
 @_cadence_options
 @_psk_option
 @_encrypt_option
 def live(server, input_device, output_device, monitor, preset, jitter, jitter_blocks, block,
-         seconds, conceal, redundancy, synthesis_hop, mask_hold, psk, key_file,
+         seconds, stats_path, conceal, redundancy, synthesis_hop, mask_hold, psk, key_file,
          encrypt) -> None:
-    """Sound card -> server -> headphones, headless; Ctrl-C exits."""
+    """Sound card -> server -> headphones, headless; Ctrl-C or SIGTERM exits."""
     from stemlink.loop import run_loop
     from stemlink.udp_client.devices import parse_device as dev
-    from stemlink.udp_client.live import run_live
+    from stemlink.udp_client.live import run_live, save_stats
     from stemlink.udp_client.transport import parse_server
 
     if jitter_blocks is not None:
@@ -808,6 +860,10 @@ def live(server, input_device, output_device, monitor, preset, jitter, jitter_bl
                    f"{stats['capture_gaps']}), playback underruns "
                    f"{stats['playback_underruns']}; client CPU {stats['cpu_percent']:.1f} % "
                    f"of a core; stated end-to-end latency {stats['stated_latency_ms']:.1f} ms")
+        xr = stats["xruns"]
+        click.echo("device xruns: " + ", ".join(f"{k} {v}" for k, v in xr.items()))
+        if stats_path:
+            save_stats(stats, stats_path)
     except KeyboardInterrupt:
         click.echo("live: stopped", err=True)
 

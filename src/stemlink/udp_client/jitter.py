@@ -135,6 +135,11 @@ class JitterBuffer:
             return 1000 * self._target_s
         return 1000 * (self._delay_s(now) + self._fill / self.rate)
 
+    def media_position(self) -> int | None:
+        """The media position the next pop's first sample plays (None before the first
+        block anchored the clock); it counts insertions and cuts, as delay_ms does."""
+        return None if self.play is None else self.play - self._fill
+
     # ---------------------------------------------------------------- arrivals
     def push(self, stem: int, ts: int, block: np.ndarray, now: float, flags: int = 0) -> bool:
         b = self.block

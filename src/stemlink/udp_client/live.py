@@ -16,14 +16,25 @@ Threads and what they own:
 
 Stated end-to-end latency (printed at start and whenever it moves by more than
 LATENCY_STEP_MS): D + the server's input reorder window + one-way network (RTT/2) + the
-playout buffer's delay + the output ring + the capture poll.
+playout buffer's delay + the output ring + the capture poll. That is an estimate from the
+parts; once playout starts, live also states the input-to-output latency on the sound
+card's own frame clock (latency.LatencyAccount): the capture callback counts the frames it
+delivered, the playback callback where the media position it is about to play sits (the
+playout thread publishes, with every block it writes, the device frame at which the next
+media position starts: output ring + resampler delay ahead).
+
+SIGINT and SIGTERM stop it like `--seconds` does: streams closed, BYE sent, stats returned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +42,7 @@ from stemlink import audio as aio
 from stemlink.conceal import DEFAULT_METHOD
 from stemlink.udp_client.core import ClientCore, ClientError, Pong, StemBlock
 from stemlink.udp_client.jitter import JitterBuffer, JitterConfig
+from stemlink.udp_client.latency import LatencyAccount
 from stemlink.udp_client.mix import default_mix, parse_mix
 from stemlink.udp_client.rings import BlockRing, FrameRing, MetaRing
 from stemlink.udp_client.transport import connect
@@ -42,6 +54,15 @@ SERVICE_S = 0.001  # the playout thread's period
 OUT_LEVEL = 2  # output ring kept at this many device periods (or model blocks)
 CAPTURE_RING_S = 0.5
 LATENCY_STEP_MS = 3.0
+# The audio callbacks are Python: each must take the GIL, and a thread holding it (the
+# event loop resampling, the playout thread) gives it up only every switch interval (5 ms
+# by default: a whole JACK period of 256 frames at 48 kHz, so callbacks miss their cycle).
+# While live runs, holders are asked to yield every 0.5 ms.
+GIL_SWITCH_S = 0.0005
+SIGNAL_THRESHOLD = 1e-3  # -60 dBFS: the first input sample above it is reported (stats)
+# PortAudio's callback status flags, counted per callback (xruns the device reports)
+IN_FLAGS = ("input_overflow", "input_underflow")
+OUT_FLAGS = ("output_underflow", "output_overflow")
 
 
 def _sounddevice():
@@ -63,11 +84,19 @@ class Capture:
         self.pos = np.zeros(1, np.int64)  # device frames since the stream started
         self.overruns = np.zeros(1, np.int64)  # callbacks dropped: the ring was full
         self.device_overflows = np.zeros(1, np.int64)  # PortAudio said it dropped input
+        self.flags = np.zeros(len(IN_FLAGS), np.int64)  # callbacks with each IN_FLAGS set
+        self.account: LatencyAccount | None = None  # set by run_live
 
     def callback(self, indata, frames, t, status) -> None:
         pos = int(self.pos[0])
-        if status is not None and status.input_overflow:
-            self.device_overflows[0] += 1
+        if status:
+            if status.input_overflow:
+                self.device_overflows[0] += 1
+                self.flags[0] += 1
+            if status.input_underflow:
+                self.flags[1] += 1
+        if self.account is not None:
+            self.account.on_capture(frames)
         if self.meta.free() and self.ring.free() >= frames:
             self.ring.write(indata)
             self.meta.put(pos, frames)
@@ -90,6 +119,7 @@ class Uplink:
         self.ts = 0  # timestamp of the next block to send
         self.gaps = 0
         self.gap_blocks = 0
+        self.first_signal: int | None = None  # media ts of the first sample > SIGNAL_THRESHOLD
         self._rs = self._resampler()
 
     def _resampler(self):
@@ -116,6 +146,10 @@ class Uplink:
         x = aio.to_channels(np.ascontiguousarray(frames.T), self.channels)
         if self._rs is not None:
             x = self._rs.resample_chunk(x.T).T
+        if self.first_signal is None and x.size:  # where sound first came in, media time
+            loud = np.flatnonzero(np.max(np.abs(x), axis=0) > SIGNAL_THRESHOLD)
+            if loud.size:
+                self.first_signal = self.ts + self._pending.shape[1] + int(loud[0])
         self._pending = np.concatenate([self._pending, x], axis=1)
         b = self.block
         while self._pending.shape[1] >= b:
@@ -144,6 +178,12 @@ class Playout:
         self.out = FrameRing(cap, out_channels)
         self.underruns = np.zeros(1, np.int64)
         self.period = np.zeros(1, np.int64)  # the playback callback's frames (its own)
+        self.flags = np.zeros(len(OUT_FLAGS), np.int64)  # callbacks with each OUT_FLAGS set
+        self.account: LatencyAccount | None = None  # set by run_live
+        # (media position, device frame at which it starts playing), published by the
+        # playout thread as one tuple (a single reference store: the callback reads a
+        # consistent pair without a lock); None until the playout clock is anchored
+        self._anchor: tuple[int, float] | None = None
         self._blocks = np.zeros((len(stems), channels, block), np.float32)
         self._mix = np.zeros((channels, block), np.float32)
         self._tmp = np.zeros((channels, block), np.float32)
@@ -185,13 +225,30 @@ class Playout:
             frames = np.ascontiguousarray(aio.to_channels(blk, self.out_channels).T)
             if frames.shape[0] and not self.out.write(frames):
                 break
+            pos = jb.media_position()
+            if pos is not None:  # the next pop's first sample starts after the ring's
+                # frames and the resampler's pending output
+                held = self._rs.delay() if self._rs is not None else 0.0
+                self._anchor = (pos, int(self.out.written()) + held)
 
     # ---------------------------------------------------------------- playback callback
+    def callback(self, outdata, frames, t, status) -> None:
+        """The PortAudio playback callback: count the device's flags, then fill."""
+        if status:
+            if status.output_underflow:
+                self.flags[0] += 1
+            if status.output_overflow:
+                self.flags[1] += 1
+        self.fill(outdata)
+
     def fill(self, outdata: np.ndarray) -> None:
         """Copy the next frames out; zeros (and one counted underrun) when dry."""
         n = outdata.shape[0]
         if int(self.period[0]) != n:
             self.period[0] = n
+        a, acct = self._anchor, self.account
+        if a is not None and acct is not None:  # device frames before a[0] plays
+            acct.on_playout(a[0], a[1] - int(self.out.consumed()))
         m = self.out.read(outdata)
         if m < n:
             outdata[m:] = 0.0
@@ -207,8 +264,9 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
                    seconds: float | None = None, devices=None, conceal: str = DEFAULT_METHOD,
                    redundancy: bool = False, key: bytes = b"", encrypt: bool = False,
                    synthesis_hop: int | None = None, mask_hold: int | None = None) -> dict:
-    """Run until Ctrl-C (or for `seconds`). jitter: None = adaptive, else a fixed playout
-    buffer in ms. `devices` is the sounddevice module, or an object with the same
+    """Run until Ctrl-C or SIGTERM (or for `seconds`); each stops the streams, says BYE and
+    returns the stats. jitter: None = adaptive, else a fixed playout buffer in ms.
+    `devices` is the sounddevice module, or an object with the same
     query_devices/InputStream/OutputStream/PortAudioError shape."""
     sd = devices if devices is not None else _sounddevice()
     try:
@@ -245,6 +303,10 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
     holder.append(po)
     cap = Capture(rate, in_ch)
     up = Uplink(rate, in_ch, acc.sample_rate, acc.channels, acc.block_frames)
+    b = acc.block_frames
+    jitter_samples = -(-int(round(po.jb.target_ms * acc.sample_rate / 1000)) // b) * b
+    account = LatencyAccount(acc.sample_rate, rate, acc.delay, jitter_samples)
+    cap.account = po.account = account
     name = PRESET_NAMES.get(acc.preset, "custom")
     d_ms = 1000 * acc.delay / acc.sample_rate
     heard = ", ".join(acc.stems[i] for i in po.active) or "nothing (every gain is 0)"
@@ -273,15 +335,30 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
     cpu0, t0 = time.process_time(), time.monotonic()
     sent = 0
     last_said = stated(time.monotonic())
+    loop = asyncio.get_running_loop()
+    stop_ev = asyncio.Event()
+    signals = _stop_on_signals(loop, stop_ev)
+    device_latency: dict = {}
+    stated_printed = False
+    switch0 = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch0, GIL_SWITCH_S))
     thread.start()
     try:
+        # the input stream is opened first: on JACK its callback then runs first in every
+        # process cycle, which is what LatencyAccount assumes
         with sd.InputStream(device=input_device, channels=in_ch, samplerate=rate,
-                            dtype="float32", callback=cap.callback), \
+                            dtype="float32", callback=cap.callback) as ins, \
              sd.OutputStream(device=output_device, channels=out_ch, samplerate=rate,
-                             dtype="float32", callback=lambda o, f, t, s: po.fill(o)):
+                             dtype="float32", callback=po.callback) as outs:
+            device_latency = {"input_ms": _latency_ms(ins), "output_ms": _latency_ms(outs)}
             next_ping = next_say = time.monotonic()
-            while stop_at is None or time.monotonic() < stop_at:
+            while (stop_at is None or time.monotonic() < stop_at) and not stop_ev.is_set():
                 await asyncio.sleep(POLL_S)
+                if not stated_printed and account.first_samples is not None:
+                    stated_printed = True
+                    print(f"live: {account.describe()}; device buffers (PortAudio) in "
+                          f"{device_latency['input_ms']:.1f} ms, out "
+                          f"{device_latency['output_ms']:.1f} ms", flush=True)
                 while cap.meta.get(rec):
                     pos, n = int(rec[0]), int(rec[1])
                     cap.ring.read(scratch[:n])
@@ -304,6 +381,9 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
     except sd.PortAudioError as e:
         raise ClientError(f"sound device problem: {e}") from None
     finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        sys.setswitchinterval(switch0)
         stop.set()
         thread.join(1.0)
         proto.send(core.bye(time.monotonic()))
@@ -324,5 +404,40 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
         "repaired": core.counters["recovered"],
         "cpu_percent": 100 * (time.process_time() - cpu0) / wall,
         "stated_latency_ms": stated(time.monotonic()),
+        "latency": {**account.report(), "device_buffers": device_latency},
+        "xruns": {**{f: int(v) for f, v in zip(IN_FLAGS, cap.flags, strict=True)},
+                  **{f: int(v) for f, v in zip(OUT_FLAGS, po.flags, strict=True)},
+                  "capture_ring_full": int(cap.overruns[0])},
+        # times the device found the output ring dry (what the listener hears as a dropout
+        # on top of the blocks the playout buffer concealed, jitter.concealed)
+        "underruns": int(po.underruns[0]),
+        "stopped_by_signal": stop_ev.is_set(),
+        "first_signal_media_ts": up.first_signal,  # model samples; None if all silence
     })
     return stats
+
+
+def _latency_ms(stream) -> float:
+    """PortAudio's stated latency of a stream, ms (0 where a stand-in has none)."""
+    try:
+        return 1000 * float(getattr(stream, "latency", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _stop_on_signals(loop, stop: asyncio.Event) -> list:
+    """SIGINT and SIGTERM set `stop`, so the streams close and BYE goes out normally."""
+    done = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            done.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+    return done
+
+
+def save_stats(stats: dict, path: str | Path) -> None:
+    """The `--stats` file: every counter run_live returns, as JSON."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(stats, indent=2) + "\n")

@@ -22,6 +22,14 @@ class FrameRing:
     def free(self) -> int:
         return self.capacity - self.level()
 
+    def written(self) -> int:
+        """Frames written in all: the device frame index the next write starts at."""
+        return int(self._w[0])
+
+    def consumed(self) -> int:
+        """Frames read in all: the device frame index the next read starts at."""
+        return int(self._r[0])
+
     def write(self, data: np.ndarray) -> int:
         """Write all of data [n, C] or nothing; returns n or 0 (full: the caller counts)."""
         n = data.shape[0]

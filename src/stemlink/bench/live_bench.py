@@ -1,0 +1,608 @@
+"""`stemlink bench live`: `stemlink live` through a real audio stack, measured to the sample.
+
+Per configuration (preset x device rate x network profile):
+- a JACK server on its dummy driver, paced in real time, at the device rate (started here
+  under a private name, or reused with --jack-server);
+- a stemlink server on loopback (child process, ephemeral port), optionally behind
+  `stemlink relay --profile P`;
+- `stemlink live` (child process, its real CLI) on PortAudio's JACK device;
+- a JACK player feeding the song into live's capture ports and a JACK recorder on its
+  playback ports (bench/jackrig.py), both on the JACK frame clock.
+
+Measured: input-to-output latency, from the cross-correlation of the recording with the
+expected monitor mix (the same stems from the file path, `stemlink separate --preset P`,
+same model and preset), over the whole song and in windows (latency over time); live's own
+stated total next to it; xruns (JACK's, and the callbacks PortAudio flagged), underruns
+and concealed blocks; SDR of the recording against the file path after removing the
+measured latency; live's CPU from /proc.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stemlink import audio as aio
+from stemlink.bench import procs
+from stemlink.bench.fidelity import sdr
+from stemlink.bench.jackrig import (
+    JackServer,
+    Rig,
+    die_with_parent,
+    portaudio_jack_device,
+    raise_priority,
+    self_test,
+)
+from stemlink.bench.machine import describe, machine
+from stemlink.bench.stats import markdown_table
+from stemlink.errors import StemlinkError
+from stemlink.percentiles import summarize
+from stemlink.udp_client.live import SIGNAL_THRESHOLD
+
+PNG = "latency_over_time.png"
+WINDOW_S = 1.0  # latency-over-time window
+HOP_S = 0.5
+SEARCH_S = 0.25  # windowed search radius around the whole-song lag
+MAX_LAG_S = 3.0  # whole-song search range
+TAIL_S = 1.5  # recorded after the song ends (room for the latency)
+LIVE_START_TIMEOUT_S = 60.0
+LIVE_STOP_TIMEOUT_S = 15.0
+SERVER_START_TIMEOUT_S = 120.0
+# jackd, the server and live each run in their own session with this nice (their autogroup's
+# too), where permitted: on a shared machine the audio path gets its share of the CPU.
+AUDIO_NICE = -20
+SILENT_WINDOW = 1e-3  # windows below this fraction of the mean energy are not timed
+MIN_WINDOW_CORR = 0.5  # windows whose normalised correlation peak is lower are not timed
+
+
+class LiveBenchError(StemlinkError):
+    pass
+
+
+@dataclass
+class LiveConfig:
+    preset: str
+    rate: int
+    profile: str = "loopback"  # loopback (no relay) | a `stemlink relay` profile
+    monitor: str = "accompaniment"
+    jitter: str | None = None  # passed to live as --jitter (auto or ms; None: its default)
+    stop_signal: int = signal.SIGTERM
+
+    @property
+    def label(self) -> str:
+        return f"{self.preset}-{self.rate}-{self.profile}"
+
+
+# ------------------------------------------------------------------------------ live child
+def jitter_args(jitter: str | None) -> list[str]:
+    """live's `--jitter auto|MS`, checked here so a bad value fails before anything starts
+    (None: live's own default, adaptive)."""
+    if jitter is None:
+        return []
+    if jitter.strip().lower() == "auto":
+        return ["--jitter", "auto"]
+    try:
+        ms = float(jitter)
+    except ValueError:
+        ms = float("nan")
+    if not np.isfinite(ms) or ms <= 0:
+        raise LiveBenchError(f"--jitter {jitter!r}: use auto or a buffer in ms (> 0)")
+    return ["--jitter", f"{ms:g}"]
+
+
+class LiveChild:
+    """`python -m stemlink live ...` on the JACK device; stopped with a signal."""
+
+    def __init__(self, server_addr: str, device: int, cfg: LiveConfig, stats: Path,
+                 env: dict, extra: list[str]) -> None:
+        self.stats_path = stats
+        args = [sys.executable, "-m", "stemlink", "live", "--server", server_addr,
+                "--input-device", str(device), "--output-device", str(device),
+                "--monitor", cfg.monitor, "--preset", cfg.preset, "--stats", str(stats), *extra]
+        self.command = args
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env, start_new_session=True,
+                                     preexec_fn=die_with_parent)
+        self.lines: list[str] = []
+        self.cpu0 = self.t0 = None
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        """Read live's output until a line containing `text` (it prints as it goes)."""
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if not sel.select(timeout=0.2):
+                    if self.proc.poll() is not None:
+                        break
+                    continue
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                self.lines.append(line.rstrip())
+                if text in line:
+                    return line
+        finally:
+            sel.close()
+        raise LiveBenchError(f"`stemlink live` did not print {text!r}: "
+                             f"{' | '.join(self.lines[-5:]) or '(no output)'}")
+
+    def mark_cpu(self) -> None:
+        self.t0, self.cpu0 = time.monotonic(), procs.cpu_seconds(self.proc.pid)
+
+    def cpu_cores(self) -> float:
+        return ((procs.cpu_seconds(self.proc.pid) - self.cpu0)
+                / max(time.monotonic() - self.t0, 1e-9))
+
+    def stop(self, sig: int) -> tuple[int, float]:
+        """Signal it, wait; returns (exit status, seconds it took to exit)."""
+        t = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                out, _ = self.proc.communicate(timeout=LIVE_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out, _ = self.proc.communicate()
+                self.lines.append("(killed: did not stop on the signal)")
+            self.lines += (out or "").splitlines()
+        return self.proc.returncode, time.monotonic() - t
+
+    def stats(self) -> dict:
+        try:
+            return json.loads(self.stats_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+class AudioPathChild:
+    """A child on the audio path (the server, the relay) in its own session, so its
+    priority can be raised; ready when its stderr shows `ready`."""
+
+    def __init__(self, args: list[str], ready: str, nice: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stemlink", *args], stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, start_new_session=True,
+            preexec_fn=die_with_parent)
+        self.nice_applied = raise_priority(self.proc.pid, nice) if nice else None
+        self.log: list[str] = []
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()  # it prints its banner when ready
+            if not line and self.proc.poll() is not None:
+                raise LiveBenchError(f"{args[0]} exited: {''.join(self.log)[-300:]}")
+            self.log.append(line)
+            if ready in line:
+                break
+        else:
+            self.stop()
+            raise LiveBenchError(f"{args[0]} did not start in time")
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.t0, self.cpu0 = time.monotonic(), procs.cpu_seconds(self.proc.pid)
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            if len(self.log) < 1000:
+                self.log.append(line)
+
+    def session_ends(self) -> list[str]:
+        """The server's one-line account of each session it closed (info log)."""
+        return [ln.strip() for ln in self.log if "session" in ln and " ended (" in ln]
+
+    def cpu_use(self) -> float:
+        return ((procs.cpu_seconds(self.proc.pid) - self.cpu0)
+                / max(time.monotonic() - self.t0, 1e-9))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ------------------------------------------------------------------------------ relay child
+def start_relay(profile: str, upstream_port: int, seed: int, nice: int):
+    """`stemlink relay --profile P` between live and the server, at the audio path's
+    priority (an emulated network should add its profile's delays, not the machine's
+    load); -> (child, listen port)."""
+    child = AudioPathChild(["relay", "--listen", "127.0.0.1:0", "--to",
+                            f"127.0.0.1:{upstream_port}", "--profile", profile, "--seed",
+                            str(seed)], "stemlink relay listening on", nice)
+    m = re.search(r"listening on [^\s]+:(\d+)", child.log[-1])
+    if m is None:
+        child.stop()
+        raise LiveBenchError(f"cannot read the relay's port from: {child.log[-1].strip()}")
+    return child, int(m.group(1))
+
+
+def relay_summary(child) -> list[str]:
+    """The relay's own per-direction counts (it prints them at exit)."""
+    return [ln.strip() for ln in child.log if ln.strip().startswith(("up:", "down:"))]
+
+
+# ------------------------------------------------------------------------------ analysis
+def _xcorr(rec: np.ndarray, ref: np.ndarray, max_lag: int) -> np.ndarray:
+    """Cross-correlation of rec against ref for lags 0..max_lag (FFT), summed over
+    channels."""
+    n = 1 << int(np.ceil(np.log2(rec.shape[-1] + ref.shape[-1])))
+    spec = np.sum(np.fft.rfft(rec, n) * np.conj(np.fft.rfft(ref, n)), axis=0)
+    return np.fft.irfft(spec, n)[:max_lag + 1]
+
+
+def _parabolic(c: np.ndarray, k: int) -> float:
+    if 0 < k < c.size - 1:
+        a, b, d = c[k - 1], c[k], c[k + 1]
+        den = a - 2 * b + d
+        if den < 0:
+            return float(k + 0.5 * (a - d) / den)
+    return float(k)
+
+
+def _fractional_delay(x: np.ndarray, delay: float) -> np.ndarray:
+    """x delayed by `delay` samples (any real number), along the last axis (FFT)."""
+    n = x.shape[-1]
+    m = 1 << int(np.ceil(np.log2(n + abs(int(delay)) + 64)))
+    f = np.fft.rfftfreq(m)
+    spec = np.fft.rfft(x, m) * np.exp(-2j * np.pi * f * delay)
+    return np.fft.irfft(spec, m)[..., :n].astype(np.float32)
+
+
+def measure(rec: np.ndarray, expected: np.ndarray, rate: int) -> dict:
+    """Latency (whole song and per window) and SDR of `rec` against `expected`, both
+    [C, n] at `rate`; rec starts at the frame the song's first sample was played."""
+    n = expected.shape[1]
+    max_lag = min(int(MAX_LAG_S * rate), rec.shape[1] - 1)
+    c = _xcorr(rec, expected, max_lag)
+    k = int(np.argmax(c))
+    lag = _parabolic(c, k)
+    # per window: where does this stretch of the expected signal sit in the recording?
+    win, hop, radius = int(WINDOW_S * rate), int(HOP_S * rate), int(SEARCH_S * rate)
+    energy = np.sum(expected**2) / max(n, 1)
+    times, lags, skipped = [], [], 0
+    for a in range(0, n - win + 1, hop):
+        ref = expected[:, a:a + win]
+        e_ref = float(np.sum(ref**2))
+        lo = a + k - radius
+        if lo < 0 or a + k + radius + win > rec.shape[1] or e_ref < SILENT_WINDOW * energy * win:
+            skipped += 1
+            continue
+        seg = rec[:, lo:lo + win + 2 * radius]
+        cc = _xcorr(seg, ref, 2 * radius)
+        j = int(np.argmax(cc))
+        e_seg = float(np.sum(seg[:, j:j + win]**2))
+        peak = cc[j] / np.sqrt(max(e_ref * e_seg, 1e-30))
+        if peak < MIN_WINDOW_CORR:
+            skipped += 1
+            continue
+        times.append((a + win / 2) / rate)
+        lags.append(lo - a + _parabolic(cc, j))
+    lags_ms = [1000 * v / rate for v in lags]
+    # SDR after removing the measured latency (fractional: 48 kHz paths are not whole-sample)
+    start = int(np.ceil(lag))
+    out = rec[:, start:start + n]
+    ref = _fractional_delay(expected, lag - start)[:, :out.shape[1]]
+    return {
+        "latency_samples": lag,
+        "latency_ms": 1000 * lag / rate,
+        "peak_correlation": float(c[k] / np.sqrt(max(np.sum(rec[:, k:k + n]**2)
+                                                     * np.sum(expected**2), 1e-30))),
+        "windows": {"times_s": times, "latency_ms": lags_ms, "skipped": skipped,
+                    "window_s": WINDOW_S, "hop_s": HOP_S},
+        "latency_over_time_ms": summarize(lags_ms, (1, 50, 99)),
+        "sdr_db": sdr(ref, out),
+    }
+
+
+# ------------------------------------------------------------------------------ one run
+class FilePath:
+    """The file path's stems for a song (the streaming separator of `stemlink separate
+    --preset P`, same model and preset), aligned to the input.
+
+    A streaming separator's output depends on where its STFT/inference grid (H hops) falls
+    in the signal: `live` starts its media clock when capture starts, not when the song
+    does, so the song enters the server `phase` samples into the grid. The reference is
+    computed with the same phase (that much silence first, then removed), which live's
+    stats give exactly (the media timestamp of the first input sample above -60 dBFS)."""
+
+    def __init__(self, model: str, song: np.ndarray, song_sr: int) -> None:
+        from stemlink.engine.session import open_engine
+
+        self.engine = open_engine(model, "cpu")
+        self.card = self.engine.card
+        self.x = aio.resample(aio.to_channels(song, self.card.channels), song_sr,
+                              self.card.sample_rate)
+        self.song_sr, self.n = song_sr, song.shape[1]
+        self.cache: dict = {}
+
+    def grid(self, preset: str) -> int:
+        return self.engine.config(preset, None, None, None).hop_frames * self.card.hop
+
+    def first_signal(self) -> int:
+        loud = np.flatnonzero(np.max(np.abs(self.x), axis=0) > SIGNAL_THRESHOLD)
+        return int(loud[0]) if loud.size else 0
+
+    def stems(self, preset: str, phase: int) -> dict:
+        from stemlink.separate import stream_array
+
+        phase %= self.grid(preset)
+        key = (preset, phase)
+        if key not in self.cache:
+            sep = self.engine.separator(self.engine.config(preset, None, None, None))
+            padded = np.concatenate([np.zeros((self.x.shape[0], phase), np.float32), self.x],
+                                    axis=1)
+            out = stream_array(sep, padded)[:, :, phase:]
+            self.cache[key] = {
+                name: aio.resample(s, self.card.sample_rate, self.song_sr, length=self.n)
+                for name, s in zip(self.card.stems, out, strict=True)}
+        return self.cache[key]
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def monitor_mix(stems: dict, monitor: str) -> np.ndarray:
+    from stemlink.udp_client.mix import parse_mix
+
+    names = list(stems)
+    gains = parse_mix(monitor, names)
+    return sum(g * stems[nm] for g, nm in zip(gains, names, strict=True) if g)
+
+
+def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, ref: FilePath,
+            server_port: int, jack: JackServer, device: int, tmp: Path, seed: int,
+            nice: int = 0, keep_audio: Path | None = None,
+            server: AudioPathChild | None = None) -> dict:
+    song_dev = aio.resample(song, song_sr, jack.rate)
+    relay, relay_lines = None, []
+    port = server_port
+    if cfg.profile != "loopback":
+        relay, port = start_relay(cfg.profile, server_port, seed, nice)
+    rig = Rig(jack, song_dev, tail=int(TAIL_S * jack.rate))
+    live = None
+    try:
+        before = rig.port_names()
+        stats_path = tmp / f"live-{cfg.label}.json"
+        live = LiveChild(f"127.0.0.1:{port}", device, cfg, stats_path, jack.env,
+                         jitter_args(cfg.jitter))
+        if nice:
+            raise_priority(live.proc.pid, nice)
+        live.wait_for("stated input-to-output latency", LIVE_START_TIMEOUT_S)
+        ins, outs = rig.portaudio_ports(before)
+        if len(ins) < 2 or len(outs) < 2:
+            raise LiveBenchError(f"live's JACK ports not found (in {ins}, out {outs})")
+        rig.wire(ins, outs)
+        time.sleep(0.2)  # a few cycles with the new connections before the song starts
+        live.mark_cpu()
+        xruns0 = rig.state.xruns
+        rig.play()
+        secs = rig.rec.shape[1] / jack.rate
+        if not rig.wait_done(secs + 30):
+            raise LiveBenchError("the JACK recorder stopped advancing (JACK server stalled?)")
+        cpu = live.cpu_cores()
+        jack_xruns = rig.state.xruns - xruns0
+        ends_before = len(server.session_ends()) if server is not None else 0
+        rc, stop_s = live.stop(cfg.stop_signal)
+        stats = live.stats()
+        time.sleep(0.3)  # live's BYE reaches the server, which logs the session's end
+        left = [p for p in rig.port_names() - before if not p.startswith("stemlink-")]
+    finally:
+        if live is not None and live.proc.poll() is None:  # interrupted: stop it cleanly
+            live.stop(signal.SIGTERM)
+        rig.close()
+        if relay is not None:
+            relay.stop()
+            time.sleep(0.2)  # its summary lines reach our log reader
+            relay_lines = relay_summary(relay)
+    if rc != 0 or not stats:
+        raise LiveBenchError(f"live exited with status {rc} after the signal: "
+                             f"{' | '.join(live.lines[-5:])}")
+    session = server.session_ends()[ends_before:] if server is not None else []
+    first = stats.get("first_signal_media_ts")
+    phase = 0 if first is None else first - ref.first_signal()
+    expected = monitor_mix(ref.stems(cfg.preset, phase), cfg.monitor)
+    exp_dev = aio.resample(expected, song_sr, jack.rate, length=song_dev.shape[1])
+    m = measure(rig.rec, exp_dev, jack.rate)
+    if keep_audio is not None:  # what live played, and what the file path says it should be
+        aio.write_audio(keep_audio / f"recorded-{cfg.label}.wav", rig.rec, jack.rate)
+        aio.write_audio(keep_audio / f"expected-{cfg.label}.wav", exp_dev, jack.rate)
+    lat = stats.get("latency", {})
+    stated = lat.get("stated_total_ms")
+    minutes = secs / 60
+    jb = stats.get("jitter", {})
+    if "concealed" in jb:  # one playout buffer for every stem (live's playout design)
+        jb = {"all stems": jb}
+    xr = stats.get("xruns", {})
+    return {
+        "config": {"preset": cfg.preset, "device_rate": jack.rate, "profile": cfg.profile,
+                   "monitor": cfg.monitor, "jitter": cfg.jitter,
+                   "jack_period": jack.period, "stop_signal": signal.Signals(cfg.stop_signal).name},
+        "live_command": " ".join(["stemlink", *live.command[3:]]),
+        "seconds": secs,
+        "measured": m,
+        "file_path_grid_phase": phase % ref.grid(cfg.preset),
+        "stated_total_ms": stated,
+        "measured_minus_stated_ms": None if stated is None else m["latency_ms"] - stated,
+        "live_latency": lat,
+        "jack_xruns": jack_xruns,
+        "jack_xruns_per_min": jack_xruns / minutes,
+        "live_xrun_callbacks": xr,
+        "live_xrun_callbacks_per_min": xr.get("output_underflow", 0) / minutes,
+        "underruns": stats.get("underruns"),
+        "concealed_blocks": {k: v.get("concealed") for k, v in jb.items()},
+        "late_blocks": {k: v.get("late") for k, v in jb.items()},
+        "client_cpu_cores": cpu,
+        "live_exit": {"status": rc, "seconds": stop_s,
+                      "stopped_by_signal": stats.get("stopped_by_signal"),
+                      "jack_ports_left": left},
+        "live_output": live.lines[-6:],
+        "relay": relay_lines,
+        "server_session": session[-1] if session else None,
+        "server_input_concealed_blocks": _count(session, r"concealed blocks (\d+)"),
+        "server_overload_drops": _count(session, r"overload drops (\d+)"),
+    }
+
+
+def _count(lines: list[str], pattern: str) -> int | None:
+    """A counter from the server's session-end line (None where it does not say)."""
+    found = [re.search(pattern, ln) for ln in lines]
+    return sum(int(f.group(1)) for f in found if f) if any(found) else None
+
+
+# ------------------------------------------------------------------------------ the command
+def bench_live(model: str, presets: list[str], rates: list[int], profiles: list[str],
+               seconds: float, audio: str | None, monitor: str, jitter: str | None,
+               jack_server: str | None, backend: str, out: Path, seed: int = 1,
+               stop_signal: int = signal.SIGTERM, realtime: bool = True,
+               sync: bool = True, nice: int = AUDIO_NICE, keep_audio: bool = False) -> dict:
+    load = _loadavg()
+    result = _bench_live(model, presets, rates, profiles, seconds, audio, monitor, jitter,
+                         jack_server, backend, out, seed, stop_signal, realtime, sync, nice,
+                         keep_audio)
+    result["load_before"] = load
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "results.md").write_text(render(result) + "\n")
+    plot(result, out / PNG)
+    return result
+
+
+def _bench_live(model, presets, rates, profiles, seconds, audio, monitor, jitter, jack_server,
+                backend, out, seed, stop_signal, realtime, sync, nice, keep_audio) -> dict:
+    from stemlink.bench.latency import bench_audio
+
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    jitter_args(jitter)  # a bad --jitter fails here, before jackd or the server start
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        wav = tmp / "song.wav"
+        if audio:
+            x, sr = aio.read_audio(audio)
+            x = aio.to_channels(x, 2)[:, :int(seconds * sr)]
+            aio.write_audio(wav, x, sr, subtype="PCM_16")
+            song, song_sr = aio.read_audio(wav)
+        else:
+            song, song_sr = bench_audio(seconds, wav)
+        song = aio.to_channels(song, 2)
+        ref = FilePath(model, song, song_sr)
+        port = procs.free_port()
+        server = AudioPathChild(["serve", "--model", model, "--port", str(port), "--preset",
+                                 presets[0], "--backend", backend, "--log-level", "info"],
+                                "stemlink serving", nice)
+        try:
+            for rate in rates:
+                jack = JackServer(rate, reuse=jack_server, realtime=realtime, sync=sync,
+                                  nice=nice)
+                try:
+                    rig_lag = self_test(jack)
+                    device = portaudio_jack_device(jack)
+                    for profile in profiles:
+                        for preset in presets:
+                            cfg = LiveConfig(preset, rate, profile, monitor, jitter, stop_signal)
+                            r = run_one(cfg, model, song, song_sr, ref, port, jack,
+                                        device, tmp, seed, nice,
+                                        out if keep_audio else None, server)
+                            r["rig_self_test_lag_frames"] = rig_lag
+                            runs.append(r)
+                finally:
+                    jack.stop()
+                for r in runs:
+                    if r["config"]["device_rate"] == rate:
+                        r["jackd"] = {"started_here": jack.proc is not None,
+                                      "realtime": jack.realtime,
+                                      "exit_status": jack.proc and jack.proc.returncode,
+                                      "gone": jack.proc is None or jack.proc.poll() is not None,
+                                      "xrun_blame_whole_server_run": jack.xrun_blame()}
+            server_cpu = server.cpu_use()
+        finally:
+            server.stop()
+            ref.close()
+    result = {
+        "benchmark": "live", "command": "stemlink " + " ".join(sys.argv[1:]),
+        "machine": machine(), "load_after": _loadavg(), "backend": backend,
+        "audio": audio or "audio_example.mp3 (looped)", "monitor": monitor,
+        "jack": {"driver": "dummy", "sync": sync, "realtime": realtime,
+                 "reused_server": jack_server},
+        "audio_path_nice": server.nice_applied,
+        "server_cpu_cores": server_cpu, "runs": runs,
+    }
+    return result
+
+
+def _loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def render(result: dict) -> str:
+    rows = []
+    for r in result["runs"]:
+        c, m = r["config"], r["measured"]
+        lt = m["latency_over_time_ms"]
+        conc = sum(v or 0 for v in r["concealed_blocks"].values())
+        rows.append([
+            c["preset"], c["device_rate"], c["profile"],
+            f"{r['stated_total_ms']:.1f}" if r["stated_total_ms"] is not None else "–",
+            f"{m['latency_ms']:.1f}", f"{lt['p50']:.1f} / {lt['p99']:.1f}",
+            f"{r['measured_minus_stated_ms']:+.2f}" if r["stated_total_ms"] is not None else "–",
+            f"{r['jack_xruns_per_min']:.1f}", f"{r['live_xrun_callbacks_per_min']:.1f}",
+            r["underruns"], conc, f"{m['sdr_db']:.1f}",
+            f"{100 * r['client_cpu_cores']:.0f} %",
+        ])
+    table = markdown_table(
+        ["preset", "device Hz", "network", "stated total ms", "measured ms",
+         "over time p50 / p99 ms", "measured − stated ms", "JACK xruns /min",
+         "live xrun callbacks /min", "underruns", "concealed blocks",
+         "SDR vs file path dB", "client CPU"], rows)
+    r0 = result["runs"][0] if result["runs"] else {}
+    jk = result["jack"]
+    head = (f"live through JACK (dummy driver, {r0.get('config', {}).get('jack_period', '?')}"
+            f"-frame periods, {'sync' if jk['sync'] else 'async'} mode, "
+            f"{'realtime' if r0.get('jackd', {}).get('realtime') else 'no-realtime'}), "
+            f"monitor {result['monitor']}, "
+            f"{result['audio']}\n"
+            f"machine: {describe(result['machine'])}; load average before: "
+            f"{result['load_before']}; after: {result['load_after']}\n"
+            f"command: {result['command']}\n\n")
+    return head + table
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
+    for r in result["runs"]:
+        c, w = r["config"], r["measured"]["windows"]
+        line, = ax.plot(w["times_s"], w["latency_ms"], marker=".", lw=1,
+                        label=f"{c['preset']} {c['device_rate']} Hz {c['profile']}")
+        if r["stated_total_ms"] is not None:
+            ax.axhline(r["stated_total_ms"], ls=":", lw=1, color=line.get_color())
+    ax.set_xlabel("song time (s)")
+    ax.set_ylabel("input-to-output latency (ms)")
+    ax.set_title("live through JACK: measured latency per 1 s window (dots), stated total "
+                 f"(dotted)\n{describe(result['machine'])}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
