@@ -257,7 +257,18 @@ def test_live_pipeline_round_trip_through_the_real_server(model_dir, example):
     lag = int(np.argmax(xc[: n // 2]))
     d48 = stats["delay_samples"] * 48000 / 44100
     assert d48 <= lag <= d48 + 0.5 * 48000, (lag, d48)
-    seg = slice(lag + 48000, lag + 4 * 48000)
-    aligned = a[seg.start - lag:seg.stop - lag]
-    corr = np.dot(b[seg], aligned) / np.sqrt(np.dot(b[seg], b[seg]) * np.dot(aligned, aligned))
-    assert corr > 0.95, corr
+    # Content, window by window: a playback underrun on a busy machine (counted in the
+    # stats) shifts everything after it by the underrun's length, so each 0.25 s window
+    # finds its own lag near the global one; most windows must be the input itself.
+    win, reach = 12_000, 4_800
+    corrs = []
+    for start in range(lag + 48_000, lag + 4 * 48_000, win):
+        seg_b = b[start:start + win]
+        best = 0.0
+        for d in range(-reach, reach + 1, 16):
+            ref = a[start - lag + d:start - lag + d + win]
+            if ref.size == win and np.dot(ref, ref) > 0:
+                c = np.dot(seg_b, ref) / np.sqrt(np.dot(seg_b, seg_b) * np.dot(ref, ref))
+                best = max(best, float(c))
+        corrs.append(best)
+    assert np.median(corrs) > 0.95, corrs
