@@ -43,7 +43,8 @@ def receiver(frames: int, now_ns: int, seed: int = 0):
 
 
 def report(rx, frames, jitter_ms):
-    acc = SimpleNamespace(model="m", stems=["a", "b"], preset=1, sample_rate=SR)
+    acc = SimpleNamespace(model="m", stems=["a", "b"], preset=1, sample_rate=SR,
+                          synthesis_hop=1024, mask_hold=1, hop_frames=2)
     opts = SimpleNamespace(jitter_ms=jitter_ms, realtime=True)
     return rx.report(acc, {}, frames, D, B, SimpleNamespace(counters={}), opts)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from stemlink import audio as aio
 from stemlink.bench.machine import describe, machine
 from stemlink.bench.stats import markdown_table
+from stemlink.engine import families
 from stemlink.engine.families import synthesis_label
-from stemlink.engine.presets import PRESETS
 from stemlink.engine.session import open_engine
 from stemlink.percentiles import summarize
 
@@ -35,7 +35,8 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
         x = aio.resample(aio.to_channels(x, card.channels), sr, card.sample_rate)
         x = aio.loop_to(x, int(seconds * card.sample_rate))
         hops = len(range(0, x.shape[1] - card.hop + 1, card.hop))
-        steps, done = iterations + len(PRESETS) * hops, 0  # for the progress bar
+        names = families.presets_for(card)
+        steps, done = iterations + len(names) * hops, 0  # for the progress bar
         if progress:
             progress(0, steps)
         infer_ms = []
@@ -43,18 +44,18 @@ def bench_engine(model: str, backend: str, seconds: float, audio_path: str | Non
             t = time.perf_counter()
             engine.backend.infer()
             infer_ms.append((time.perf_counter() - t) * 1e3)
-        delays = {name: engine.latency(engine.config(name)).samples for name in PRESETS}
+        delays = {name: engine.latency(engine.config(name)).samples for name in names}
         done = iterations
         if progress:
             progress(done, steps)
         rows = []
-        configs = [(name, engine.config(name)) for name in presets or PRESETS]
+        configs = [(name, engine.config(name)) for name in presets or names]
         if synthesis_hop is not None or mask_hold is not None:
             configs.append(("custom", engine.config("ultra", synthesis_hop=synthesis_hop,
                                                     mask_hold=mask_hold)))
         for name, cfg in configs:
             sep = engine.separator(cfg)
-            hop = cfg.hop(card.hop)
+            hop = cfg.hop(card.hop) if hasattr(cfg, "hop") else card.hop  # m (segments: hop)
             window_ms, total = [], 0.0
             for i in range(0, x.shape[1] - hop + 1, hop):
                 before = sep.stats.inferences

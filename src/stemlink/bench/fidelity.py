@@ -14,7 +14,7 @@ from stemlink import audio as aio
 from stemlink.bench.machine import machine
 from stemlink.bench.stats import markdown_table
 from stemlink.engine import families
-from stemlink.engine.presets import PRESETS, StreamConfig
+from stemlink.engine.presets import StreamConfig
 from stemlink.engine.session import open_engine
 from stemlink.separate import stream_array
 
@@ -58,7 +58,7 @@ def bench_fidelity(model: str, audio_path: str | None,
     rows = []
     try:
         if families.is_segment(card):  # the family's own presets (engine/families.py)
-            configs = [(name, eng.config(name)) for name in PRESETS[::-1]]
+            configs = [(name, eng.config(name)) for name in families.presets_for(eng.card)[::-1]]
         else:
             configs = [(label, StreamConfig(h, l, syn)) for label, h, l, syn in CONFIGS]
         for label, cfg in configs:

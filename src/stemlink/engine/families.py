@@ -37,6 +37,13 @@ def is_segment(card: ModelCard) -> bool:
     return card.representation in SEGMENT_FAMILIES
 
 
+def presets_for(card: ModelCard) -> tuple[str, ...]:
+    """The preset names a model's family runs (segment models have no `extreme`)."""
+    if not is_segment(card):
+        return PRESETS
+    return tuple(p for p in PRESETS if p == "quality" or p in SEGMENT_FRACTIONS)
+
+
 def preset(card: ModelCard, name: str, accelerated: bool = False) -> StreamConfig | ChunkConfig:
     if not is_segment(card):
         return mask_preset(name, accelerated)
