@@ -15,12 +15,12 @@ from stemlink.udp_server.server import make_stream_factory
 def test_stream_factory_takes_client_then_server_then_preset_values(engine):
     make = make_stream_factory(engine, "ultra", StreamRequest(synthesis_hop=256))
     s = make(StreamRequest())  # the server's preset with its own m = 256, the preset's k
-    assert (s.preset, s.synthesis_hop, s.mask_hold, s.delay) == ("ultra", 256, 2, 511)
-    assert s.separator.delay == 511 and s.separator.latency.period == 512
+    assert (s.preset, s.synthesis_hop, s.mask_hold, s.delay) == ("ultra", 256, 3, 511)
+    assert s.separator.delay == 511 and s.separator.latency.period == 768
     s = make(StreamRequest(mask_hold=8))  # the client's k on top
     assert (s.synthesis_hop, s.mask_hold, s.separator.latency.period) == (256, 8, 2048)
     s = make(StreamRequest(preset="ultra"))  # a named preset: its own m and k
-    assert (s.synthesis_hop, s.mask_hold, s.delay) == (512, 2, 1023)
+    assert (s.synthesis_hop, s.mask_hold, s.delay) == (512, 3, 1023)
     s = make(StreamRequest(preset="extreme", synthesis_hop=512, mask_hold=4))
     assert (s.preset, s.synthesis_hop, s.mask_hold, s.delay) == ("extreme", 512, 4, 1023)
     s = make(StreamRequest(preset="monitor"))  # a preset at the model's hop
@@ -69,7 +69,7 @@ def test_bench_engine_budget_is_the_inference_period(model_dir):
     r = bench_engine(str(model_dir), "cpu", 2.0, None, 5, synthesis_hop=256, mask_hold=4)
     rows = {row["preset"]: row for row in r["presets"]}
     assert set(rows) == {"extreme", "ultra", "monitor", "balanced", "quality", "custom"}
-    want = {"extreme": 128 * 8, "ultra": 512 * 2, "monitor": 2 * 1024, "custom": 256 * 4}
+    want = {"extreme": 128 * 12, "ultra": 512 * 3, "monitor": 2 * 1024, "custom": 256 * 4}
     for name, period in want.items():
         assert rows[name]["budget_ms"] == pytest.approx(1000 * period / 44100)
         assert rows[name]["window_ms"]["n"] > 0  # inferences were timed

@@ -28,6 +28,14 @@ GRID_HOPS = (1024, 512, 256, 128)  # synthesis hop m, samples
 GRID_HOLDS = (1, 2, 4, 8)  # mask hold k, synthesis hops per inference
 GRID_EXTRA = [  # (H, m, k, model input): the v1 asymmetric cadences, before/after change 1
     (1, 1024, 1, "hann"), (2, 1024, 1, "hann"), (2, 1024, 1, "masked")]
+
+
+def _preset_rows() -> list[tuple[int, int, int, str]]:
+    """The CPU presets' (m, k) where the grid does not hold them (engine/presets.py)."""
+    from stemlink.engine.presets import EXTREME, ULTRA
+
+    return [(1, m, k, "masked") for m, k in (ULTRA["cpu"], EXTREME["cpu"])
+            if not (m in GRID_HOPS and k in GRID_HOLDS)]
 SONG_SEED = 0  # `stemlink bench make-song --seed 0 --seconds 10` writes the same song
 SONG_SECONDS = 10.0
 
@@ -146,7 +154,8 @@ def bench_fidelity_grid(model: str, audio_path: str | None, song_seed: int = SON
 
     card = load_card(model)
     names = list(_grid_audios(audio_path, song_seed, card.sample_rate, card.channels))
-    configs = [(1, m, k, "masked") for m in GRID_HOPS for k in GRID_HOLDS] + GRID_EXTRA
+    configs = ([(1, m, k, "masked") for m in GRID_HOPS for k in GRID_HOLDS] + GRID_EXTRA
+               + _preset_rows())
     rows = [{"H": h, "m": m, "k": k, "model_input": feed, "sdr_db": {}}
             for h, m, k, feed in configs]
     cells = sorted(((name, i) for name in names for i in range(len(rows))),

@@ -274,7 +274,7 @@ def measure(rec: np.ndarray, expected: np.ndarray, rate: int) -> dict:
     # per window: where does this stretch of the expected signal sit in the recording?
     win, hop, radius = int(WINDOW_S * rate), int(HOP_S * rate), int(SEARCH_S * rate)
     energy = np.sum(expected**2) / max(n, 1)
-    times, lags, skipped = [], [], 0
+    times, lags, sdrs, skipped = [], [], [], 0
     for a in range(0, n - win + 1, hop):
         ref = expected[:, a:a + win]
         e_ref = float(np.sum(ref**2))
@@ -292,6 +292,13 @@ def measure(rec: np.ndarray, expected: np.ndarray, rate: int) -> dict:
             continue
         times.append((a + win / 2) / rate)
         lags.append(lo - a + _parabolic(cc, j))
+        # this window's SDR at its own lag: an adaptive playout buffer moves the lag by
+        # whole blocks during the song, so one lag for the whole song would measure that
+        at = _parabolic(cc, j)
+        lo2 = lo + int(np.ceil(at))
+        if lo2 + win <= rec.shape[1]:
+            sdrs.append(sdr(_fractional_delay(ref, at - int(np.ceil(at))),
+                            rec[:, lo2:lo2 + win]))
     lags_ms = [1000 * v / rate for v in lags]
     # SDR after removing the measured latency (fractional: 48 kHz paths are not whole-sample)
     start = int(np.ceil(lag))
@@ -305,7 +312,9 @@ def measure(rec: np.ndarray, expected: np.ndarray, rate: int) -> dict:
         "windows": {"times_s": times, "latency_ms": lags_ms, "skipped": skipped,
                     "window_s": WINDOW_S, "hop_s": HOP_S},
         "latency_over_time_ms": summarize(lags_ms, (1, 50, 99)),
-        "sdr_db": sdr(ref, out),
+        "sdr_db": sdr(ref, out),  # at the whole-song lag
+        # per window, each at its own lag (what the stems sound like, timing aside)
+        "sdr_windows_db": summarize(sdrs, (1, 50)) if sdrs else None,
     }
 
 
@@ -331,7 +340,9 @@ class FilePath:
         self.cache: dict = {}
 
     def grid(self, preset: str) -> int:
-        return self.engine.config(preset, None, None, None).hop_frames * self.card.hop
+        """The separator's output repeats its computation every inference period (H
+        hops, or k synthesis hops of m samples): the phase that matters is modulo it."""
+        return self.engine.latency(self.engine.config(preset, None, None, None)).period
 
     def first_signal(self) -> int:
         loud = np.flatnonzero(np.max(np.abs(self.x), axis=0) > SIGNAL_THRESHOLD)
@@ -564,13 +575,16 @@ def render(result: dict) -> str:
             f"{r['measured_minus_stated_ms']:+.2f}" if r["stated_total_ms"] is not None else "–",
             f"{r['jack_xruns_per_min']:.1f}", f"{r['live_xrun_callbacks_per_min']:.1f}",
             r["underruns"], conc, f"{m['sdr_db']:.1f}",
+            (f"{m['sdr_windows_db']['p50']:.1f} / {m['sdr_windows_db']['p1']:.1f}"
+             if m.get("sdr_windows_db") else "–"),
             f"{100 * r['client_cpu_cores']:.0f} %",
         ])
     table = markdown_table(
         ["preset", "device Hz", "network", "stated total ms", "measured ms",
          "over time p50 / p99 ms", "measured − stated ms", "JACK xruns /min",
          "live xrun callbacks /min", "underruns", "concealed blocks",
-         "SDR vs file path dB", "client CPU"], rows)
+         "SDR vs file path dB (whole song, one lag)",
+         "SDR per 1 s window, own lag: p50 / p1 dB", "client CPU"], rows)
     r0 = result["runs"][0] if result["runs"] else {}
     jk = result["jack"]
     head = (f"live through JACK (dummy driver, {r0.get('config', {}).get('jack_period', '?')}"

@@ -2,11 +2,11 @@
 depend on what the backend sustains (an inference must finish inside its period: H model
 hops, or k synthesis hops of m samples).
 
-CPU values of k follow the compute time of one inference on the 2-core development
-machine (p50 13.9 ms, p99 14.5 ms on a quiet machine): one inference per 1024 samples.
-They are provisional: the end-to-end run on the (loaded) machine missed deadlines at
-k = 2; docs/BENCHMARKS.md, "Lower delay: synthesis hop and mask hold", has the runs and
-the rule (the lowest D whose real-time run misses no deadline).
+CPU values of k are the smallest whose real-time end-to-end run on the 2-core development
+machine (quiet) missed no deadline: one inference per 1536 samples (34.8 ms). One per
+1024 samples (ultra k = 2) missed 70 of ~6900 stem-block deadlines there, the inference's
+p99 (20 ms) plus the client's and server's own work leaving no room in a 23.2 ms period.
+docs/BENCHMARKS.md, "Lower delay: synthesis hop and mask hold", has the runs.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ MIN_SYNTHESIS_HOP = 128  # samples; below it the per-hop FFT work dominates (2.9
 MAX_MASK_HOLD = 64  # synthesis hops one mask may be applied for
 
 # (m, k) per backend class: a GPU is expected to sustain one inference per synthesis hop
-# (not measured here: no GPU); CPU: one per 1024 samples, provisional (see above).
-ULTRA = {"accelerated": (512, 1), "cpu": (512, 2)}
-EXTREME = {"accelerated": (128, 1), "cpu": (128, 8)}
+# (not measured here: no GPU); CPU: one per 1536 samples (see above).
+ULTRA = {"accelerated": (512, 1), "cpu": (512, 3)}
+EXTREME = {"accelerated": (128, 1), "cpu": (128, 12)}
 
 
 @dataclass(frozen=True)
