@@ -38,7 +38,7 @@ class Rig:
                                sample_rate=SR, channels=2, make_stream=make_stream,
                                reorder_ms=reorder_ms)
         self.reports: list = []
-        self.worker = Worker(self.reports.append, clock=lambda: self.now, backend=backend,
+        self.worker = Worker(self.reports.extend, clock=lambda: self.now, backend=backend,
                              batch=batch or BatchConfig())
         self.clients: dict = {}
 

@@ -172,14 +172,15 @@ class ServerProtocol(asyncio.DatagramProtocol):
         self.core.receive_datagram(data, addr, time.monotonic())
         self.flush()
 
-    def on_report(self, r: Report) -> None:
-        """A value from the worker thread, delivered on the loop (call_soon_threadsafe)."""
-        if isinstance(r, Output):
-            self.core.deliver(r.session, r.datagrams)
-        elif isinstance(r, Failed):
-            self.core.stream_failed(r.session, r.message, r.counters, time.monotonic())
-        elif isinstance(r, Released):
-            self.core.stream_released(r.session, r.counters)
+    def on_reports(self, reports: list[Report]) -> None:
+        """A worker's values of one batch, delivered on the loop (call_soon_threadsafe)."""
+        for r in reports:
+            if isinstance(r, Output):
+                self.core.deliver(r.session, r.datagrams)
+            elif isinstance(r, Failed):
+                self.core.stream_failed(r.session, r.message, r.counters, time.monotonic())
+            elif isinstance(r, Released):
+                self.core.stream_released(r.session, r.counters)
         self.flush()
 
     def flush(self) -> None:
@@ -324,8 +325,8 @@ class Server:
         self._stop = asyncio.Event()
         holder: list[ServerProtocol] = []
 
-        def report(r: Report) -> None:  # worker thread: hand the value to the loop
-            loop.call_soon_threadsafe(holder[0].on_report, r)
+        def report(rs: list[Report]) -> None:  # a worker thread: hand the values over
+            loop.call_soon_threadsafe(holder[0].on_reports, rs)
 
         worker = self._new_pool(report)
         self.worker = worker

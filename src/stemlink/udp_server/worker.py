@@ -2,9 +2,11 @@
 inference backend per worker thread.
 
 What crosses threads, and only this: the loop puts messages (OpenStream, a Job, or
-CloseStream) on a worker's queue; the worker hands back, through `report`, values only —
-Output(session, datagrams) after each job, Failed(session, message) when processing a
-session raised, Released(session, counters) when it let a stream go. Every Stream, its
+CloseStream) on a worker's queue; the worker hands back, through `report`, lists of
+values only — Output(session, datagrams) after each job, Failed(session, message) when
+processing a session raised, Released(session, counters) when it let a stream go — one
+list per batch, so the loop is woken once per batch (one call_soon_threadsafe), not once
+per block. Every Stream, its
 separator and STEM encoder, and the worker's backend are touched by that worker's thread
 alone; a WorkerPool pins each session to one worker for its whole life.
 
@@ -100,7 +102,7 @@ class _Running:
 
 
 class Worker:
-    def __init__(self, report: Callable[[Report], None],
+    def __init__(self, report: Callable[[list[Report]], None],
                  clock: Callable[[], float] = time.monotonic, backend: Any = None,
                  batch: BatchConfig = BatchConfig(), name: str = "stemlink-worker") -> None:
         """backend: the worker's own (its streams are bound to it on open); None: each
@@ -118,6 +120,7 @@ class Worker:
         self._infer_n = getattr(backend, "infer_first", None)  # runs only the filled slots
         self.queue: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
         self.scheduler = Scheduler()
+        self._outbox: list[Report] = []  # for the loop, handed over once per step
         self._ready: list[_Running] = []  # stopped at an inference: the next batch
         self._busy: set[int] = set()  # their sessions
         self.compute_ns: list[int] = []  # per job: its own steps + the batches it was in
@@ -146,6 +149,10 @@ class Worker:
 
     # ------------------------------------------------------------------ sans-IO
     def handle_message(self, m: Message) -> None:
+        self._handle(m)
+        self._flush()
+
+    def _handle(self, m: Message) -> None:
         if isinstance(m, Job):
             self.scheduler.submit(m)
         elif isinstance(m, OpenStream):
@@ -169,10 +176,16 @@ class Worker:
     def step(self, now: float) -> bool:
         """Gather a batch and run it: False when there was nothing to do."""
         worked = self._gather(now)
-        if not self._ready or not self._full_or_due(now):
-            return worked
-        self._run_batch()
-        return True
+        if self._ready and self._full_or_due(now):
+            self._run_batch()
+            worked = True
+        self._flush()
+        return worked
+
+    def _flush(self) -> None:
+        if self._outbox:
+            out, self._outbox = self._outbox, []
+            self.report(out)
 
     def stream(self, session: int) -> Stream | None:
         return self.scheduler.streams.get(session)
@@ -257,7 +270,7 @@ class Worker:
         if self.observe is not None:
             self.observe(ns / 1e9)
         if datagrams:
-            self.report(Output(r.stream.session, datagrams))
+            self._outbox.append(Output(r.stream.session, datagrams))
 
     def _fail(self, st: Stream, e: Exception) -> None:
         self.errors += 1
@@ -265,7 +278,7 @@ class Worker:
                   type(e).__name__, e, exc_info=e)
         self._drop(st.session)
         self.scheduler.close(st.session)
-        self.report(Failed(st.session, f"server error while separating: "
+        self._outbox.append(Failed(st.session, f"server error while separating: "
                                        f"{type(e).__name__}", st.snapshot()))
 
     def _drop(self, sid: int) -> None:
@@ -277,7 +290,7 @@ class Worker:
         self._drop(sid)
         st = self.scheduler.close(sid)
         if st is not None:
-            self.report(Released(sid, st.snapshot()))
+            self._outbox.append(Released(sid, st.snapshot()))
 
     # ------------------------------------------------------------------ thread
     def _run(self) -> None:
@@ -298,6 +311,7 @@ class Worker:
             if m is None:
                 for sid in list(self.scheduler.streams):
                     self._release(sid)
+                self._flush()
                 return False
             self.handle_message(m)
             try:
