@@ -66,6 +66,16 @@ def engine(model_dir):
 
 
 @pytest.fixture(scope="session")
+def batch_engine(model_dir):
+    """The streaming graph with a batch buffer of 4 windows (the batching worker's)."""
+    from stemlink.engine.session import open_engine
+
+    e = open_engine(model_dir, "cpu", batch=4)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="session")
 def offline_ref(model_dir, example):
     """The offline (whole-file) separation of the example: [S, 2, n]."""
     from stemlink.engine.offline import separate_offline

@@ -49,10 +49,14 @@ def test_bench_capacity_ramps_and_reports(tmp_path, model_dir):
     out = tmp_path / "cap"
     r = subprocess.run([sys.executable, "-m", "stemlink", "bench", "capacity", "--model",
                         str(model_dir), "--backend", "cpu", "--preset", "balanced",
-                        "--seconds", "2", "--max-clients", "1", "--out", str(out)],
+                        "--seconds", "2", "--max-clients", "1", "--workers", "1",
+                        "--workers", "2", "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "capacity.json").read_text())
-    steps = res["backends"]["cpu"]["steps"]
-    assert steps[0]["clients"] == 1 and steps[0]["blocks"] > 0
+    for label, workers in (("cpu x1", 1), ("cpu x2", 2)):  # a server per worker count
+        run = res["backends"][label]
+        assert run["workers"] == workers and run["server_flags"] == f"--workers {workers}"
+        steps = run["steps"]
+        assert steps[0]["clients"] == 1 and steps[0]["blocks"] > 0
     assert "capacity with zero missed deadlines" in r.stdout

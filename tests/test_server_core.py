@@ -224,3 +224,30 @@ def test_mutated_valid_packets_never_break_a_live_session():
             assert [j.timestamp for j in jobs[-2:]] == [later, later + 256]
 
     run()
+
+
+def test_an_authentic_seq_jump_does_not_wedge_the_session_and_replays_stay_out():
+    """A datagram tagged with the session key whose seq jumped 2^24 ahead (a client bug;
+    nobody without the key can make one) moves the replay window past the genuine stream.
+    The genuine datagrams after it carry newer media, so the window follows them; copies
+    of old datagrams (old media) are still dropped as replays."""
+    from stemlink.wire.auth import tag
+
+    s, c = make_server(), ClientCore(sample_rate=44100, channels=2)
+    _, (acc,) = handshake(s, c)
+    blk = np.zeros((2, 256), np.float32)
+    first = bytearray(c.audio(blk, 0, 0))
+    first[12] ^= 1  # seq + 2^24, re-tagged: authentic
+    first[-16:] = tag(c.key, bytes(first[:-16]))
+    s.receive_datagram(bytes(first), ADDR, 101.0)
+    sent = [c.audio(blk, k * 256, 0) for k in range(1, 150)]  # within the 1 s ring
+    for d in sent:
+        s.receive_datagram(d, ADDR, 101.0)
+    s.on_timer(103.0)
+    jobs = jobs_of(s)
+    assert [j.timestamp for j in jobs] == [k * 256 for k in range(150)]
+    assert s.sessions[acc.session].counters["seq_resyncs"] == 1
+    for d in sent[:10]:  # replays of genuine datagrams: old seq and old media
+        s.receive_datagram(d, ADDR, 104.0)
+    s.on_timer(105.0)
+    assert jobs_of(s) == [] and s.sessions[acc.session].counters["replay"] == 10

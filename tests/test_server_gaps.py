@@ -11,7 +11,7 @@ import pytest
 from stemlink.engine.presets import preset
 from stemlink.udp_client.core import ClientCore, SessionError, StemBlock
 from stemlink.udp_server.core import ServerCore, StreamSetup
-from stemlink.udp_server.worker import Failed, Output, Released, Worker
+from stemlink.udp_server.worker import BatchConfig, Failed, Output, Released, Worker
 from stemlink.wire import packets as pk
 from stemlink.wire.constants import ErrorCode, Flags
 
@@ -22,7 +22,8 @@ ADDR = ("127.0.0.1", 40000)
 class Rig:
     """One server core, one worker (not started: driven here), N clients."""
 
-    def __init__(self, engine, cfg_name="monitor", reorder_ms=10.0, fail_after=None):
+    def __init__(self, engine, cfg_name="monitor", reorder_ms=10.0, fail_after=None,
+                 backend=None, batch=None):
         self.engine, self.now = engine, 100.0
         self.cfg = preset(cfg_name)
 
@@ -37,7 +38,8 @@ class Rig:
                                sample_rate=SR, channels=2, make_stream=make_stream,
                                reorder_ms=reorder_ms)
         self.reports: list = []
-        self.worker = Worker(self.reports.append, clock=lambda: self.now)
+        self.worker = Worker(self.reports.extend, clock=lambda: self.now, backend=backend,
+                             batch=batch or BatchConfig())
         self.clients: dict = {}
 
     def connect(self, addr=ADDR, playout_ms=pk.ARCHIVAL):
@@ -63,8 +65,8 @@ class Rig:
     def pump(self):
         for m in self.core.take_messages():
             self.worker.handle_message(m)
-        while (picked := self.worker.scheduler.pop(self.now)) is not None:
-            self.worker._process(*picked)
+        while self.worker.step(self.now):
+            pass
         for r in self.reports:
             if isinstance(r, Output):
                 self.core.deliver(r.session, r.datagrams)
@@ -112,11 +114,18 @@ class Exploding:
     def __getattr__(self, name):
         return getattr(self._sep, name)
 
-    def process(self, block):
+    def _count(self):
         self._n -= 1
         if self._n < 0:
             raise RuntimeError("boom")
+
+    def process(self, block):
+        self._count()
         return self._sep.process(block)
+
+    def begin(self, block, infer=True):  # the worker's stepwise path
+        self._count()
+        return self._sep.begin(block, infer)
 
 
 def _song(example, seconds):
@@ -301,23 +310,26 @@ def test_a_protocol_error_ends_the_session_with_an_error(engine, clip):
     assert len(errs) == 1 and errs[0].code == ErrorCode.PROTOCOL and not rig.core.sessions
 
 
-def test_one_sessions_burst_does_not_delay_another(engine, clip):
+@pytest.mark.parametrize("batched", [False, True], ids=["B1", "B4"])
+def test_one_sessions_burst_does_not_delay_another(engine, batch_engine, clip, batched):
     """Earliest deadline first, stale upkeep last: session A stalls for 1 s and then dumps
     that second of audio at once; B's block due in that instant is taken before A's
-    backlog, and B's stems are exactly its solo run's."""
-    rig = Rig(engine)
+    backlog, and B's stems are exactly its solo run's. Batched (B = 4), a batch holds one
+    window per session, so A's backlog cannot crowd B's window out of it."""
+    rig = (Rig(engine, backend=batch_engine.backend, batch=BatchConfig(4)) if batched
+           else Rig(engine))
     a, b = ("127.0.0.1", 1), ("127.0.0.2", 2)
     rig.connect(a, playout_ms=60)
     rig.connect(b, playout_ms=60)
     sid_b = rig.clients[b][0].session
     order = []
-    real_process = rig.worker._process
+    real_start = rig.worker._start
 
-    def spy(st, job):
+    def spy(st, job, now):
         order.append(st.session)
-        return real_process(st, job)
+        return real_start(st, job, now)
 
-    rig.worker._process = spy
+    rig.worker._start = spy
     n, stall = 400, range(150, 322)
 
     def audio(addr, k):

@@ -64,6 +64,21 @@ def test_send_matches_separate(tmp_path, server, model_dir, example):
 
 
 def test_four_concurrent_clients_get_their_own_stems(tmp_path, server, model_dir, example):
+    _four_clients(tmp_path, server, model_dir, example)
+
+
+def test_two_workers_serve_four_clients_each_their_own_stems(tmp_path, model_dir, example):
+    """`serve --workers 2`: two worker threads, each with its own backend (one ONNX
+    Runtime thread each here); sessions are pinned to one worker, output is the same."""
+    with ServerThread(ServeOptions(str(model_dir), "127.0.0.1", 0, idle_timeout=3.0,
+                                   max_sessions=8, workers=2)) as st:
+        pool = st.server.worker
+        _four_clients(tmp_path, st, model_dir, example)
+        assert len(pool.workers) == 2
+        assert all(w.batches > 0 for w in pool.workers)  # both carried sessions
+
+
+def _four_clients(tmp_path, server, model_dir, example):
     x, sr = example
     seconds = 4 * sr
     inputs = [x[:, :seconds], x[::-1, 2 * sr:2 * sr + seconds], x[:, -seconds:],
@@ -107,7 +122,7 @@ def test_vanished_client_is_timed_out_and_freed(server):
             proto.send(c.audio(blk, k * 256, time.monotonic_ns()))
         await asyncio.sleep(0.3)
         sid = acc.session
-        ref = weakref.ref(server.server.worker.scheduler.streams[sid].sep)
+        ref = weakref.ref(server.server.worker.stream(sid).sep)
         proto.transport.close()  # gone without a BYE
         return sid, ref
 

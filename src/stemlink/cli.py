@@ -341,17 +341,25 @@ def bench_latency_cmd(model, against, seconds, clients, profile, seed, preset, s
 @click.option("--seconds", default=8.0, show_default=True, type=click.FloatRange(2, 600),
               help="Audio per step.")
 @click.option("--max-clients", default=16, show_default=True, type=click.IntRange(1, 256))
+@click.option("--workers", "workers", multiple=True, type=click.IntRange(1, 16),
+              help="Server worker threads (repeatable: one ramp each; default 1).")
+@click.option("--batch", type=click.IntRange(1, 1024), default=None,
+              help="The server's --batch (default: the backend's).")
+@click.option("--batch-delay-us", type=click.FloatRange(0, 100000), default=None,
+              help="The server's --batch-delay-us (default: the backend's).")
 @click.option("--out", "out_dir", default="out/bench-capacity", show_default=True,
               type=click.Path(file_okay=False))
 @_quiet_option
 def bench_capacity_cmd(model, backends, preset, synthesis_hop, mask_hold, seconds,
-                       max_clients, out_dir, quiet) -> None:
+                       max_clients, workers, batch, batch_delay_us, out_dir, quiet) -> None:
     """Concurrent real-time sessions with zero missed deadlines (ramped up)."""
     from stemlink.bench.capacity import available_backends, bench_capacity, render
 
     r = bench_capacity(model, list(backends) or available_backends(), preset, seconds,
                        max_clients, Path(out_dir), synthesis_hop, mask_hold,
-                       prog.callback("bench capacity", "steps", on=prog.enabled(quiet)))
+                       prog.callback("bench capacity", "steps", on=prog.enabled(quiet)),
+                       workers=tuple(workers) or (1,), batch=batch,
+                       batch_delay_us=batch_delay_us)
     click.echo(render(r))
 
 
@@ -656,11 +664,20 @@ def _setup_logging(level: str) -> None:
               help="Serve Prometheus /metrics and /healthz on this TCP port.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True,
               help="Address for --metrics-port.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="Separation threads, each with its own backend (CPU: the cores are "
+                   "split among them); a session stays on one.")
+@click.option("--batch", type=click.IntRange(1, 1024), default=None,
+              help="Windows (one per session) per inference  [default: 1 on cpu, 16 on "
+                   "cuda/tensorrt]")
+@click.option("--batch-delay-us", type=click.FloatRange(0, 100000), default=None,
+              help="How long a partial batch may wait for more sessions' windows  "
+                   "[default: 0 on cpu, 300 on cuda/tensorrt]")
 def serve(model, host, port, backend, preset, synthesis_hop, mask_hold, max_sessions,
           idle_timeout, log_level, compute_stats, reorder_ms, playout_ms, status_interval,
           psk, key_file, insecure,
           encrypt, sessions_per_address, handshake_rate, handshake_burst, input_factor,
-          metrics_port, metrics_host) -> None:
+          metrics_port, metrics_host, workers, batch, batch_delay_us) -> None:
     """Run the UDP separation server (SIGINT/SIGTERM stop it cleanly)."""
     key, passphrase = _key(key_file, psk)
     _need_engine("serve")
@@ -679,7 +696,9 @@ def serve(model, host, port, backend, preset, synthesis_hop, mask_hold, max_sess
                                   metrics_port=metrics_port, metrics_host=metrics_host,
                                   reorder_ms=reorder_ms, playout_ms=playout_ms,
                                   status_interval=status_interval,
-                                  synthesis_hop=synthesis_hop, mask_hold=mask_hold))
+                                  synthesis_hop=synthesis_hop, mask_hold=mask_hold,
+                                  workers=workers, batch=batch,
+                                  batch_delay_us=batch_delay_us))
     except OSError as e:
         raise StemlinkError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     if srv.open_warning:

@@ -31,7 +31,11 @@ def available_backends() -> list[str]:
 def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
                    max_clients: int, out: Path, synthesis_hop: int | None = None,
                    mask_hold: int | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> dict:
+                   progress: Callable[[int, int], None] | None = None,
+                   workers: tuple[int, ...] = (1,), batch: int | None = None,
+                   batch_delay_us: float | None = None) -> dict:
+    """Each backend x worker count is one server (`serve --workers W [--batch B]
+    [--batch-delay-us U]`), ramped from 1 client up to the first step that misses."""
     from stemlink.bench.latency import deadline_ms
     from stemlink.engine import families
     from stemlink.engine.card import load_card
@@ -39,12 +43,19 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
     card = load_card(model)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
+    runs = [(b, w) for b in backends for w in workers]
     if progress:
-        progress(0, len(backends) * max_clients)
+        progress(0, len(runs) * max_clients)
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         bench_audio(seconds, tmp / "bench.wav")
-        for backend in backends:
+        for run_i, (backend, n_workers) in enumerate(runs):
+            extra = ["--workers", str(n_workers)]
+            if batch is not None:
+                extra += ["--batch", str(batch)]
+            if batch_delay_us is not None:
+                extra += ["--batch-delay-us", f"{batch_delay_us:g}"]
+            label = f"{backend} x{n_workers}"
             cfg = families.preset(card, preset, accelerated=backend != "cpu")
             if families.is_segment(card):  # one inference per stride
                 per_run = getattr(families.latency(card, cfg), "stride",
@@ -54,7 +65,8 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
                 budget_ms = deadline_ms(model, preset, backend, synthesis_hop, mask_hold)
             port = procs.free_port()
             child = procs.stemlink_server(model, port, preset, backend,
-                                          tmp / f"{backend}.json", max_sessions=max_clients)
+                                          tmp / f"{backend}-{n_workers}.json",
+                                          max_sessions=max_clients, extra=extra)
             steps = []
             try:
                 for n in range(1, max_clients + 1):
@@ -72,16 +84,18 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
                                               for r in reps),
                         "server_cpu_cores": (procs.cpu_seconds(child.proc.pid) - cpu0) / secs,
                     })
-                    if progress:  # steps of the ramp, all backends; it may stop early
-                        i = backends.index(backend)
+                    if progress:  # steps of the ramp, all runs; it may stop early
+                        i = run_i
                         progress((i + 1) * max_clients if missed else i * max_clients + n,
-                                 len(backends) * max_clients)
+                                 len(runs) * max_clients)
                     if missed:
                         break
             finally:
                 child.stop()
             ok = [s["clients"] for s in steps if s["missed"] == 0]
-            results[backend] = {"preset": preset, "H": cfg.hop_frames, "budget_ms": budget_ms,
+            results[label] = {"backend": backend, "workers": n_workers,
+                              "server_flags": " ".join(extra),
+                              "preset": preset, "H": cfg.hop_frames, "budget_ms": budget_ms,
                                 "capacity": max(ok) if ok else 0, "steps": steps,
                                 "limited_by_max_clients": bool(ok) and
                                 max(ok) == max_clients}
@@ -94,9 +108,10 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
 
 def render(result: dict) -> str:
     rows = []
-    for backend, r in result["backends"].items():
+    for label, r in result["backends"].items():
         for s in r["steps"]:
-            rows.append([backend, r["preset"], s["clients"], s["missed"], s["blocks"],
+            rows.append([r.get("backend", label), r.get("server_flags", ""), r["preset"],
+                         s["clients"], s["missed"], s["blocks"],
                          f"{s['turnaround_p99_ms']:.1f}", f"{r['budget_ms']:.1f}",
                          f"{s['latency_p99_ms']:.1f}", f"{100 * s['server_cpu_cores']:.0f} %"])
     summary = "; ".join(
@@ -104,6 +119,7 @@ def render(result: dict) -> str:
         for b, r in result["backends"].items())
     return (f"capacity ({result['seconds']:g} s per step), {describe(result['machine'])}\n"
             f"command: {result['command']}\n\n" + markdown_table(
-                ["backend", "preset", "clients", "missed", "stem blocks", "turnaround p99 ms",
+                ["backend", "serve flags", "preset", "clients", "missed", "stem blocks",
+                 "turnaround p99 ms",
                  "deadline ms", "e2e p99 ms", "server CPU"], rows) +
             f"\n\ncapacity with zero missed deadlines: {summary}")

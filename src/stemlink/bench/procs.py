@@ -72,10 +72,12 @@ class Child:
 
 
 def stemlink_server(model: str, port: int, preset: str, backend: str, stats: Path,
-                    max_sessions: int = 64) -> Child:
+                    max_sessions: int = 64, extra: list[str] | None = None) -> Child:
+    """extra: more `serve` flags (workers, batching)."""
     return Child(["-m", "stemlink", "serve", "--model", model, "--port", str(port),
                   "--preset", preset, "--backend", backend, "--max-sessions",
-                  str(max_sessions), "--log-level", "warning", "--compute-stats", str(stats)],
+                  str(max_sessions), "--log-level", "warning", "--compute-stats", str(stats),
+                  *(extra or [])],
                  "stemlink serving", stats)
 
 

@@ -75,6 +75,8 @@ class OrtBackend:
         self.spin = spin
         self._session = None
         self._binding = None
+        self._bindings: list = []
+        self._views: list = []
         self.inputs = np.empty((0,), np.float32)
         self.outputs = np.empty((0,), np.float32)
 
@@ -107,11 +109,18 @@ class OrtBackend:
         i_meta, o_meta = check_io(sess, self.path, ins, outs)
         self.inputs = np.zeros(ins, np.float32)
         self.outputs = np.zeros(outs, np.float32)
-        binding = sess.io_binding()
-        binding.bind_cpu_input(i_meta.name, self.inputs)
-        binding.bind_output(o_meta.name, "cpu", 0, np.float32, list(outs),
-                            self.outputs.ctypes.data)
-        self._session, self._binding = sess, binding
+        # one binding per filled batch size n (the first n slots: the server's batching
+        # worker runs only the windows it gathered); the views stay referenced here
+        self._views, self._bindings = [], []
+        for n in range(1, self.batch + 1):
+            view = self.inputs[:n]
+            binding = sess.io_binding()
+            binding.bind_cpu_input(i_meta.name, view)
+            binding.bind_output(o_meta.name, "cpu", 0, np.float32, [n, *outs[1:]],
+                                self.outputs.ctypes.data)
+            self._views.append(view)
+            self._bindings.append(binding)
+        self._session, self._binding = sess, self._bindings[-1]
         self.infer()  # warm-up: first run pays for kernel selection and arena growth
 
     def infer(self) -> np.ndarray:
@@ -120,8 +129,18 @@ class OrtBackend:
         self._session.run_with_iobinding(self._binding)
         return self.outputs
 
+    def infer_first(self, n: int) -> np.ndarray:
+        """Run the model on slots 0..n-1 only; outputs[n:] keep what they held."""
+        if self._session is None:
+            raise EngineError("backend is not active")
+        if not 1 <= n <= self.batch:
+            raise EngineError(f"cannot run {n} slots of a batch of {self.batch}")
+        self._session.run_with_iobinding(self._bindings[n - 1])
+        return self.outputs
+
     def deactivate(self) -> None:
         self._binding = None
+        self._bindings, self._views = [], []
         self._session = None
         self.inputs = np.empty((0,), np.float32)
         self.outputs = np.empty((0,), np.float32)

@@ -179,6 +179,11 @@ class StreamingSeparator:
         self._held = np.zeros((s, c, f), np.float32)
         self._silence: np.ndarray | None = None  # the model's mask for silence (advance)
         self._infer = True
+        # the block being processed (begin/run/resume): where run() stopped, and the
+        # samples of the hop that completed the frame whose inference is due
+        self._block: np.ndarray | None = None
+        self._done = self._total = self._step = 0
+        self._waiting = False
         self.stats = StreamStats()
 
     # ------------------------------------------------------------------ public
@@ -196,16 +201,25 @@ class StreamingSeparator:
         every buffer at zero and the held mask at that answer: `advance()` jumps there."""
         return self._w * self.card.hop + self._n + self.delay + self.latency.period
 
+    def bind(self, backend: Backend, slot: int = 0) -> None:
+        """Run this stream's own inferences (process(), advance()) on another backend of
+        the same model: a server worker's. Between blocks only."""
+        if backend.inputs.shape[1:] != self.backend.inputs.shape[1:]:
+            raise EngineError("bind(): that backend runs another model shape")
+        if not 0 <= slot < backend.inputs.shape[0]:
+            raise EngineError(f"slot {slot} is outside the backend's batch")
+        if self._waiting:
+            raise EngineError("bind() while an inference is due")
+        self.backend, self.slot = backend, slot
+
     def skip(self, block: np.ndarray) -> np.ndarray:
         """Like process(), but without running the model: the STFT context is kept exact
         (later windows see this input), while frames that would have been masked by this
         block's inferences reuse the newest mask. For input whose output is no longer
         wanted (its deadline passed): it costs FFTs per hop instead of an inference."""
-        self._infer = False
-        try:
-            return self.process(block)
-        finally:
-            self._infer = True
+        self.begin(block, infer=False)
+        self.run()  # never stops for an inference: there is none to run
+        return self.result()
 
     def advance(self, n: int) -> None:
         """Jump over n >= `memory` samples of silence in O(1), no output: the state becomes
@@ -235,14 +249,40 @@ class StreamingSeparator:
 
     def process(self, block: np.ndarray) -> np.ndarray:
         """block: float32 [C, n] -> view [S, C, n] valid until the next call."""
+        self.begin(block)
+        while not self.run():
+            self.stage(self.backend.inputs[self.slot])
+            self.backend.infer()
+            self.resume(self.backend.outputs[self.slot])
+        return self.result()
+
+    # A block can also be processed in steps, so that one caller can gather the windows
+    # due in many streams into one batched inference (the server's batching worker):
+    #     sep.begin(block)
+    #     while not sep.run():        # stopped: an inference is due
+    #         sep.stage(batch_inputs[i]); ...run the batch...; sep.resume(batch_outputs[i])
+    #     y = sep.result()
+    # process() is exactly that with a batch of one, so both give the same output.
+
+    def begin(self, block: np.ndarray, infer: bool = True) -> None:
+        """Start processing a block; `infer=False`: skip() semantics."""
         if block.ndim != 2 or block.shape[0] != self.card.channels:
             raise EngineError(f"block must be [{self.card.channels}, n], not {list(block.shape)}")
+        if self._waiting:
+            raise EngineError("begin() while an inference is still due: resume() first")
         total = block.shape[1]
         if total > self._out.shape[2]:
             self._out = np.zeros(self._out.shape[:2] + (total,), np.float32)
-        out = self._out[:, :, :total]
-        done = 0
-        while done < total:
+        self._block, self._done, self._total, self._infer = block, 0, total, infer
+
+    def run(self) -> bool:
+        """Process the begun block until it is used up (True) or an inference is due
+        (False): then stage() the window, run the model, and resume() with its masks."""
+        if self._waiting:
+            raise EngineError("run() while an inference is due: resume() first")
+        block, total, out = self._block, self._total, self._out
+        while self._done < total:
+            done = self._done
             k = min(self._m - self._fill, total - done)
             dst = self._lin[:, self._pos:self._pos + k]
             np.copyto(dst, block[:, done:done + k], casting="same_kind")
@@ -254,9 +294,33 @@ class StreamingSeparator:
             if self._fill == self._m:
                 self._fill = 0
                 self._frame_complete()
+                if self._waiting:
+                    self._step = k
+                    return False
             self._pop(out[:, :, done:done + k])
-            done += k
-        return out
+            self._done = done + k
+        self._block = None
+        return True
+
+    def resume(self, masks: np.ndarray) -> None:
+        """Hand over the masks [S, C, W, bins] of the window stage() copied out; run() goes
+        on from there."""
+        if not self._waiting:
+            raise EngineError("resume() without an inference due")
+        self._waiting = False
+        self.complete(masks)
+        done, k = self._done, self._step
+        self._pop(self._out[:, :, done:done + k])
+        self._done = done + k
+
+    @property
+    def waiting(self) -> bool:
+        """An inference is due: stage() / resume() before run() goes on."""
+        return self._waiting
+
+    def result(self) -> np.ndarray:
+        """The begun block's output: a view [S, C, n] valid until the next begin()."""
+        return self._out[:, :, :self._total]
 
     def flush(self) -> np.ndarray:
         """Push D samples of silence: returns the last D output samples of the stream."""
@@ -286,10 +350,8 @@ class StreamingSeparator:
         # one inference per H*k frames, on frames that end where the model's own frames
         # do (multiples of H*k*m samples); until the first one the held mask is zero
         if (t + 1) % (self._h * self._k) == 0:
-            if self._infer:
-                self.stage(self.backend.inputs[self.slot])
-                self.backend.infer()
-                self.complete(self.backend.outputs[self.slot])
+            if self._infer:  # the caller stages this window, runs it and resumes
+                self._waiting = True
                 return
             self.stats.skipped_inferences += 1
         for f in self._due(t):  # mask hold, or an inference left out by skip()

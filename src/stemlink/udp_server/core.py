@@ -60,7 +60,7 @@ from stemlink.wire.constants import (
     SampleFormat,
 )
 from stemlink.wire.redundancy import RedundancyDecoder
-from stemlink.wire.seq import ReplayWindow, seq_gt
+from stemlink.wire.seq import ReplayWindow, seq_diff, seq_gt
 
 log = logging.getLogger("stemlink.server")
 
@@ -158,6 +158,7 @@ class Session:
     clock: MediaClock
     playout_s: float  # client's playout budget; inf = archival
     replay: ReplayWindow = field(default_factory=lambda: ReplayWindow(256))
+    top_ts: int = -1  # the newest media timestamp of an accepted AUDIO datagram
     fec_in: RedundancyDecoder | None = None  # redundancy granted: repairs AUDIO from parity
     closed: bool = False
     counters: Counter = field(default_factory=Counter)
@@ -499,7 +500,17 @@ class ServerCore:
         if h.type is PacketType.AUDIO:
             fresh = s.replay.top is None or seq_gt(h.seq, s.replay.top)
             if not s.replay.check_and_mark(h.seq):
-                return self._drop_session(s, "replay", "replay")
+                if not (h.timestamp > s.top_ts and
+                        -seq_diff(h.seq, s.replay.top) >= s.replay.size):
+                    return self._drop_session(s, "replay", "replay")
+                # Far behind the window yet newer media than anything accepted: no replay
+                # (a copy carries its old timestamp) but an authentic sender whose seq
+                # jumped (a client bug); follow it, or the session would be wedged.
+                s.replay = ReplayWindow(s.replay.size)
+                s.replay.check_and_mark(h.seq)
+                s.counters["seq_resyncs"] += 1
+                fresh = True
+            s.top_ts = max(s.top_ts, h.timestamp)
         # --- security (issue 10): control-stream replay window, input rate bound
         elif not s.ctl_replay.check_and_mark(h.seq):
             return self._drop_session(s, "replay", "replay")

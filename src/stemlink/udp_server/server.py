@@ -1,4 +1,4 @@
-"""`stemlink serve`: the uvloop glue around ServerCore and the separation Worker.
+"""`stemlink serve`: the uvloop glue around ServerCore and the separation workers.
 
 The event loop only moves datagrams between the socket, the core and the worker; the
 model runs on the worker thread so that inference never blocks receiving. One timer,
@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import threading
 import time
 from dataclasses import dataclass
 
+from stemlink.engine import families
 from stemlink.engine.families import describe_config
 from stemlink.engine.session import Engine, open_engine
 from stemlink.errors import StemlinkError
@@ -25,12 +27,21 @@ from stemlink.sockets import udp_socket
 from stemlink.udp_server.core import PLAYOUT_MS, REORDER_MS, ServerCore, StreamRequest, StreamSetup
 from stemlink.udp_server.limits import LimitConfig
 from stemlink.udp_server.status import ServerSample, ServerStatus
-from stemlink.udp_server.worker import Failed, Output, Released, Report, Worker
+from stemlink.udp_server.worker import (
+    BatchConfig,
+    Failed,
+    Output,
+    Released,
+    Report,
+    Worker,
+    WorkerPool,
+)
 from stemlink.wire.auth import Credential, aead_available
 from stemlink.wire.constants import ErrorCode, Features, PacketType
 
 log = logging.getLogger("stemlink.server")
 EXPIRE_EVERY_S = 0.5
+MAX_WORKERS = 16
 
 
 @dataclass
@@ -58,6 +69,26 @@ class ServeOptions:
     synthesis_hop: int | None = None
     mask_hold: int | None = None
     status_interval: float = 0.0  # seconds between status log lines; 0 = none
+    # --- the batching scheduler (issue 11): worker threads, each with its own backend;
+    # windows per inference and the batching delay (None: the backend class's default)
+    workers: int = 1
+    batch: int | None = None
+    batch_delay_us: float | None = None
+
+
+# Batching defaults per backend class. ONNX Runtime on CPU costs a batch of 2 twice a
+# batch of 1 (docs/BENCHMARKS.md), so batching gains nothing there; a GPU runs 16 windows
+# in little more than the time of one (not measured here: no GPU was lent).
+BATCH_DEFAULTS = {"cpu": (1, 0.0), "accelerated": (16, 300.0)}  # (B, delay in µs)
+
+
+def batch_config(opts: ServeOptions) -> BatchConfig:
+    b, us = BATCH_DEFAULTS["cpu" if opts.backend == "cpu" else "accelerated"]
+    b = opts.batch if opts.batch is not None else b
+    us = opts.batch_delay_us if opts.batch_delay_us is not None else us
+    cfg = BatchConfig(b, us / 1e6)
+    cfg.validate()
+    return cfg
 
 
 def is_loopback(host: str) -> bool:
@@ -126,7 +157,7 @@ def _server_defaults(opts: ServeOptions) -> StreamRequest:
 
 
 class ServerProtocol(asyncio.DatagramProtocol):
-    def __init__(self, core: ServerCore, worker: Worker) -> None:
+    def __init__(self, core: ServerCore, worker: WorkerPool) -> None:
         self.core, self.worker = core, worker
         self.transport: asyncio.DatagramTransport | None = None
         self.send_errors = 0
@@ -141,14 +172,15 @@ class ServerProtocol(asyncio.DatagramProtocol):
         self.core.receive_datagram(data, addr, time.monotonic())
         self.flush()
 
-    def on_report(self, r: Report) -> None:
-        """A value from the worker thread, delivered on the loop (call_soon_threadsafe)."""
-        if isinstance(r, Output):
-            self.core.deliver(r.session, r.datagrams)
-        elif isinstance(r, Failed):
-            self.core.stream_failed(r.session, r.message, r.counters, time.monotonic())
-        elif isinstance(r, Released):
-            self.core.stream_released(r.session, r.counters)
+    def on_reports(self, reports: list[Report]) -> None:
+        """A worker's values of one batch, delivered on the loop (call_soon_threadsafe)."""
+        for r in reports:
+            if isinstance(r, Output):
+                self.core.deliver(r.session, r.datagrams)
+            elif isinstance(r, Failed):
+                self.core.stream_failed(r.session, r.message, r.counters, time.monotonic())
+            elif isinstance(r, Released):
+                self.core.stream_released(r.session, r.counters)
         self.flush()
 
     def flush(self) -> None:
@@ -206,8 +238,31 @@ class Server:
         if opts.encrypt and not aead_available():
             raise StemlinkError("--encrypt needs the `cryptography` package: "
                                 "pip install 'stemlink[server]'")
-        self.engine = engine or open_engine(opts.model, opts.backend)
+        self.batch = batch_config(opts)
+        if not 1 <= opts.workers <= MAX_WORKERS:
+            raise StemlinkError(f"--workers must be 1..{MAX_WORKERS}, not {opts.workers}")
+        threads = ({"threads": max(1, (os.cpu_count() or 1) // opts.workers)}
+                   if opts.backend == "cpu" and opts.workers > 1 else {})
+        self.engine = engine or open_engine(opts.model, opts.backend, batch=self.batch.max_batch,
+                                            **threads)
         card = self.engine.card
+        self._backends = [self.engine.backend]
+        try:
+            held = getattr(self.engine.backend, "batch", 1)
+            if held < self.batch.max_batch:
+                raise StemlinkError(f"the engine's backend holds {held} windows, fewer than "
+                                    f"--batch {self.batch.max_batch}")
+            if opts.workers > 1 and families.is_segment(card):
+                raise StemlinkError(f"--workers {opts.workers}: {card.name} runs on one worker "
+                                    "(segment models are not batched)")
+            for _ in range(opts.workers - 1):  # one backend per worker thread: its own
+                be = families.make_backend(opts.backend, card, self.engine.folder,
+                                           batch=self.batch.max_batch, **threads)
+                be.activate()
+                self._backends.append(be)
+        except Exception:
+            self._close_backends()
+            raise
         limits = opts.limits or LimitConfig(max_sessions=opts.max_sessions)
         self.core = ServerCore(
             card_stems=card.stems, model_name=card.name, sample_rate=card.sample_rate,
@@ -224,7 +279,7 @@ class Server:
         try:
             self.sock = udp_socket(opts.host, opts.port, bind=True)
         except OSError:
-            self.engine.close()
+            self._close_backends()
             raise
         self.address = self.sock.getsockname()
         self.heartbeat = time.monotonic()  # the loop's last tick (for /healthz)
@@ -236,10 +291,10 @@ class Server:
                 self.metrics = MetricsServer(self, opts.metrics_host, opts.metrics_port)
             except StemlinkError:
                 self.sock.close()
-                self.engine.close()
+                self._close_backends()
                 raise
         self.protocol: ServerProtocol | None = None
-        self.worker: Worker | None = None
+        self.worker: WorkerPool | None = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -254,7 +309,9 @@ class Server:
         metrics = (f"; metrics on http://{self.metrics.address[0]}:{self.metrics.address[1]}"
                    f"/metrics" if self.metrics is not None else "")
         return (f"stemlink serving {self.engine.card.name} on {self.address[0]}:"
-                f"{self.address[1]} ({self.engine.backend.name}); default preset "
+                f"{self.address[1]} ({self.engine.backend.name}, {self.opts.workers} "
+                f"worker(s), batch {self.batch.max_batch}, batching delay "
+                f"{self.batch.delay_s * 1e6:g} µs); default preset "
                 f"{self.opts.preset}: {describe_config(cfg)}, "
                 f"{delay}; input reorder window {self.opts.reorder_ms:g} ms; key: "
                 f"{self.core.credential.kind}, encryption {enc}; max "
@@ -268,10 +325,10 @@ class Server:
         self._stop = asyncio.Event()
         holder: list[ServerProtocol] = []
 
-        def report(r: Report) -> None:  # worker thread: hand the value to the loop
-            loop.call_soon_threadsafe(holder[0].on_report, r)
+        def report(rs: list[Report]) -> None:  # a worker thread: hand the values over
+            loop.call_soon_threadsafe(holder[0].on_reports, rs)
 
-        worker = Worker(report)
+        worker = self._new_pool(report)
         self.worker = worker
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: ServerProtocol(self.core, worker), sock=self.sock)
@@ -314,7 +371,7 @@ class Server:
                 await asyncio.sleep(0)
             transport.close()
             if stopped:
-                self.engine.close()
+                self._close_backends()
             else:  # it is still inside an inference: freeing its buffers would crash it
                 log.warning("worker did not stop in time; leaving the engine to the OS")
             if self.opts.compute_stats:
@@ -338,21 +395,33 @@ class Server:
             busy_ns=w.busy_ns if w else 0,
             queued=sum(s.ring.written - s.ring.read for s in self.core.sessions.values()))
 
-    def _replace_worker(self, dead: Worker, report, protocol: ServerProtocol,
-                        now: float) -> Worker:
+    def _replace_worker(self, dead: WorkerPool, report, protocol: ServerProtocol,
+                        now: float) -> WorkerPool:
         log.error("the worker thread died; closing its sessions and starting a new one")
         for s in list(self.core.sessions.values()):
             self.core.close(s, "error", now, error=(ErrorCode.INTERNAL,
                                                     "server worker failed; reconnect"))
         self.core.take_messages()  # addressed to the dead worker
         self.core.counters["worker_restarts"] += 1
-        worker = Worker(report)
+        if not dead.stop(timeout=2.0):  # the live ones still hold their backends
+            raise StemlinkError("a worker thread died and the others did not stop")
+        worker = self._new_pool(report)
         protocol.worker = worker
         self.worker = worker
         if self.metrics is not None:
             worker.observe = self.metrics.observer()
         worker.start()
         return worker
+
+    def _new_pool(self, report) -> WorkerPool:
+        return WorkerPool([Worker(report, backend=be, batch=self.batch,
+                                  name=f"stemlink-worker-{i}")
+                           for i, be in enumerate(self._backends)])
+
+    def _close_backends(self) -> None:
+        for be in self._backends[1:]:
+            be.deactivate()
+        self.engine.close()
 
     def stop(self) -> None:
         """Thread-safe."""

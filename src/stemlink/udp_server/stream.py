@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,18 +72,35 @@ class Stream:
         # output blocks whose samples depend on concealed input: [from, until)
         self._cfrom, self._cuntil = 0, 0
         self.counters: Counter = Counter()
+        # frame models (StreamingSeparator) can stop at each inference for batching
+        self.batchable = hasattr(separator, "resume")
 
     @property
     def inferences(self) -> int:
         return self.sep.stats.inferences
 
-    def wanted(self, timestamp: int, due: float, now: float) -> bool:
-        """Whether the output block produced with input block `timestamp` can still be
-        played: the block was due at `due`; the client plays up to `playout_s` after."""
+    def wanted(self, due: float, now: float) -> bool:
+        """Whether the output block produced with an input block due at `due` can still
+        be played: the client plays up to `playout_s` after."""
         return now <= due + self.playout_s
 
     def handle(self, job: Job, now: float) -> list[bytes]:
-        """Feed one released input block (and the hole before it, if any)."""
+        """Feed one released input block (and the hole before it, if any), running every
+        inference on the separator's own backend slot: steps() with a batch of one."""
+        steps = self.steps(job, now)
+        try:
+            while True:
+                sep = next(steps)
+                sep.stage(sep.backend.inputs[sep.slot])
+                sep.backend.infer()
+                sep.resume(sep.backend.outputs[sep.slot])
+        except StopIteration as done:
+            return done.value
+
+    def steps(self, job: Job, now: float) -> Generator[Any, None, list[bytes]]:
+        """handle() in steps: yields the separator each time one of its inferences is due
+        (the caller stages its window, runs it, possibly in a batch with other streams'
+        windows, and resumes it); returns the STEM datagrams."""
         out: list[bytes] = []
         b = self.block
         if self.pos is not None and job.restart:  # the sender started over: a new past
@@ -106,11 +124,12 @@ class Stream:
             self._mark_concealed(ts)
             self.counters["concealed_input_blocks"] += 1
             due = job.due - (job.timestamp - ts) / self.rate
-            self._feed(ts, self._in, 0, job.sent_ns, due, now, out,
-                       infer=not self.conceal.silent)
+            yield from self._feed(ts, self._in, 0, job.sent_ns, due, now, out,
+                                  infer=not self.conceal.silent)
         self.conceal.good(self.ring.blocks[job.slot], self._in)
         self.ring.release()
-        self._feed(job.timestamp, self._in, job.flags, job.sent_ns, job.due, now, out)
+        yield from self._feed(job.timestamp, self._in, job.flags, job.sent_ns, job.due, now,
+                              out)
         return out
 
     def _jump(self, n: int) -> None:
@@ -134,13 +153,22 @@ class Stream:
         self._cuntil = max(self._cuntil, hi)
 
     def _feed(self, ts: int, block: np.ndarray, flags: int, sent_ns: int, due: float,
-              now: float, out: list[bytes], infer: bool = True) -> None:
+              now: float, out: list[bytes], infer: bool = True) -> Generator[Any, None, None]:
         self.pos = ts + self.block
-        if not self.wanted(ts, due, now):
+        if not self.wanted(due, now):
             self.sep.skip(block)
             self.counters["stale_blocks"] += 1
             return
-        y = self.sep.process(block) if infer else self.sep.skip(block)
+        sep = self.sep
+        if not infer:
+            y = sep.skip(block)
+        elif self.batchable:  # stop at each inference: the worker may batch it with others
+            sep.begin(block)
+            while not sep.run():
+                yield sep
+            y = sep.result()
+        else:  # segment models run their own inferences (engine/streaming_chunked.py)
+            y = sep.process(block)
         if self._cfrom < ts + self.block and ts < self._cuntil:
             flags |= Flags.CONCEALED
             self.counters["concealed_blocks"] += 1
