@@ -12,8 +12,15 @@ RUN useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /u
 WORKDIR /opt/stemlink
 COPY pyproject.toml README.md ./
 COPY src ./src
+COPY export ./export
+COPY engine ./engine
+COPY udp_server ./udp_server
+COPY udp_client ./udp_client
+COPY wire ./wire
+COPY bench ./bench
 # the server extra: onnxruntime (CPU), prometheus-client, cryptography; no torch
-RUN pip install '.[server]' && rm -rf /opt/stemlink/src /root/.cache
+RUN pip install '.[server]' && rm -rf /opt/stemlink/src /opt/stemlink/export /opt/stemlink/engine \
+    /opt/stemlink/udp_server /opt/stemlink/udp_client /opt/stemlink/wire /opt/stemlink/bench /root/.cache
 
 USER stemlink
 VOLUME ["/models", "/keys"]
