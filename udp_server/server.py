@@ -77,9 +77,10 @@ class ServeOptions:
 
 
 # Batching defaults per backend class. ONNX Runtime on CPU costs a batch of 2 twice a
-# batch of 1 (docs/BENCHMARKS.md), so batching gains nothing there; a GPU runs 16 windows
-# in little more than the time of one (not measured here: no GPU was lent).
-BATCH_DEFAULTS = {"cpu": (1, 0.0), "accelerated": (16, 300.0)}  # (B, delay in µs)
+# batch of 1 (issue 11's measurement), so batching gains nothing there; a GPU runs 32
+# windows (a profile `export tensorrt` builds by default) in little more than the time of
+# one (shared/gpu figures; not measured here: no GPU was lent).
+BATCH_DEFAULTS = {"cpu": (1, 0.0), "accelerated": (32, 300.0)}  # (B, delay in µs)
 
 
 def batch_config(opts: ServeOptions) -> BatchConfig:

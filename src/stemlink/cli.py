@@ -668,7 +668,7 @@ def _setup_logging(level: str) -> None:
               help="Separation threads, each with its own backend (CPU: the cores are "
                    "split among them); a session stays on one.")
 @click.option("--batch", type=click.IntRange(1, 1024), default=None,
-              help="Windows (one per session) per inference  [default: 1 on cpu, 16 on "
+              help="Windows (one per session) per inference  [default: 1 on cpu, 32 on "
                    "cuda/tensorrt]")
 @click.option("--batch-delay-us", type=click.FloatRange(0, 100000), default=None,
               help="How long a partial batch may wait for more sessions' windows  "
