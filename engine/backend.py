@@ -45,6 +45,39 @@ def check_io(sess, path: Path, ins: tuple, outs: tuple) -> tuple:
     return i_meta[0], o_meta[0]
 
 
+def import_ort():
+    """onnxruntime, or one clear EngineError."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise EngineError("onnxruntime is not installed") from None
+    return ort
+
+
+def session_options(ort, threads: int | None = None, spin: bool = False):
+    """Options chosen for latency: all graph optimisations, sequential execution, `threads`
+    intra-op threads (None: ONNX Runtime's choice), no spinning unless asked."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                      "1" if spin else "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+def load_session(ort, path: Path, opts, providers: list, where: str = ""):
+    """An InferenceSession, or one EngineError line with ONNX Runtime's first line."""
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as e:  # ORT raises its own exception types, all fatal here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EngineError(f"cannot load {path}{where}: {first[:300]}") from None
+
+
 def _shape(card: ModelCard, graph: GraphSpec, batch: int) -> tuple[tuple, tuple]:
     ins = (batch, card.channels, graph.frames, card.bins)
     outs = (batch, len(card.stems), card.channels, graph.frames, card.bins)
@@ -83,28 +116,14 @@ class OrtBackend:
     def activate(self) -> None:
         if self._session is not None:
             raise EngineError("backend is already active")
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise EngineError("onnxruntime is not installed") from None
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning",
-                                      "1" if self.spin else "0")
+        ort = import_ort()
+        opts = session_options(ort, self.threads, self.spin)
         if self.provider != "cpu":
             raise EngineError(f"OrtBackend runs the CPU provider only, not {self.provider!r}")
         providers = ["CPUExecutionProvider"]
         if not self.path.is_file():
             raise EngineError(f"{self.path} is missing")
-        try:
-            sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
-        except Exception as e:  # ORT raises its own exception types, all fatal here
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EngineError(f"cannot load {self.path}: {first[:300]}") from None
+        sess = load_session(ort, self.path, opts, providers)
         ins, outs = _shape(self.card, self.graph, self.batch)
         i_meta, o_meta = check_io(sess, self.path, ins, outs)
         self.inputs = np.zeros(ins, np.float32)

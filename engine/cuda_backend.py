@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from stemlink.engine import copyplan
-from stemlink.engine.backend import check_io
+from stemlink.engine.backend import check_io, import_ort, load_session, session_options
 from stemlink.engine.card import ModelCard
 from stemlink.engine.errors import EngineError
 
@@ -102,10 +102,7 @@ class OrtCudaBackend:
     def activate(self) -> None:
         if self._session is not None:
             raise EngineError("backend is already active")
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise EngineError("onnxruntime is not installed") from None
+        ort = import_ort()
         problem = provider_problem(ort.get_available_providers())
         if problem:
             raise EngineError(problem)
@@ -114,18 +111,11 @@ class OrtCudaBackend:
         from stemlink.engine.cudart import cuda
 
         cu = cuda()
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
+        opts = session_options(ort)
         for k, v in cuda_session_config().items():
             opts.add_session_config_entry(k, v)
         providers = [(CUDA_EP, cuda_provider_options(self.device_id, self.cuda_graph))]
-        try:
-            sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
-        except Exception as e:  # ORT raises its own exception types, all fatal here
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EngineError(f"cannot load {self.path} on CUDA: {first[:300]}") from None
+        sess = load_session(ort, self.path, opts, providers, " on CUDA")
         problem = provider_problem(ort.get_available_providers(), sess.get_providers())
         if problem:
             raise EngineError(problem)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stemlink.engine.backend import import_ort, load_session, session_options
 from stemlink.engine.card import GraphSpec, ModelCard
 from stemlink.engine.errors import EngineError
 
@@ -42,27 +43,14 @@ class OrtGraphBackend:
     def activate(self) -> None:
         if self._session is not None:
             raise EngineError("backend is already active")
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise EngineError("onnxruntime is not installed") from None
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        ort = import_ort()
+        opts = session_options(ort, self.threads)
         provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}.get(
             self.provider)
         if provider is None or provider not in ort.get_available_providers():
             raise EngineError(f"{self.provider!r} is not available in this onnxruntime "
                               f"({', '.join(ort.get_available_providers())})")
-        try:
-            sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=[provider])
-        except Exception as e:  # ORT raises its own exception types, all fatal here
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EngineError(f"cannot load {self.path}: {first[:300]}") from None
+        sess = load_session(ort, self.path, opts, [provider])
         binding = sess.io_binding()
         metas = {m.name: m for m in sess.get_inputs() + sess.get_outputs()}
         want_in = [t.name for t in self.graph.inputs]
