@@ -224,8 +224,10 @@ def load_card(folder: str | Path) -> ModelCard:
     """Read and validate `folder/model.json` and check the graphs it names exist."""
     folder = Path(folder)
     if not folder.is_dir():
+        where = "" if folder.is_absolute() else f" in {Path.cwd()}"
         raise ModelCardError(
-            f"model folder {folder} does not exist (run `stemlink export spleeter` first)")
+            f"model folder {folder} does not exist{where}: pass --model DIR, or make it with "
+            f"`stemlink export spleeter --out {folder}`")
     path = folder / CARD_FILE
     if not path.is_file():
         raise ModelCardError(f"{path} is missing: not a stemlink model folder")

@@ -42,6 +42,10 @@ from stemlink.udp_server.stream import Job, Stream
 log = logging.getLogger("stemlink.server")
 
 MAX_COMPUTE_SAMPLES = 1_000_000  # per-job compute times kept for benchmarks
+# Windows per batch at most: each slot of the batch buffer costs the backend its
+# activations (~26 MB per window with ONNX Runtime on CPU: 1.9 GB at 64), and 64 is
+# already twice the largest default TensorRT profile.
+MAX_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +89,8 @@ class BatchConfig:
     delay_s: float = 0.0  # how long a partial batch may wait for more windows
 
     def validate(self) -> None:
-        if self.max_batch < 1:
-            raise EngineError(f"the batch must be >= 1 window, not {self.max_batch}")
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise EngineError(f"the batch must be 1..{MAX_BATCH} windows, not {self.max_batch}")
         if not 0.0 <= self.delay_s <= 0.1:
             raise EngineError("the batching delay must be 0..100000 µs")
 

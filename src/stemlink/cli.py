@@ -343,7 +343,7 @@ def bench_latency_cmd(model, against, seconds, clients, profile, seed, preset, s
 @click.option("--max-clients", default=16, show_default=True, type=click.IntRange(1, 256))
 @click.option("--workers", "workers", multiple=True, type=click.IntRange(1, 16),
               help="Server worker threads (repeatable: one ramp each; default 1).")
-@click.option("--batch", type=click.IntRange(1, 1024), default=None,
+@click.option("--batch", type=click.IntRange(1, 64), default=None,
               help="The server's --batch (default: the backend's).")
 @click.option("--batch-delay-us", type=click.FloatRange(0, 100000), default=None,
               help="The server's --batch-delay-us (default: the backend's).")
@@ -667,8 +667,9 @@ def _setup_logging(level: str) -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 16),
               help="Separation threads, each with its own backend (CPU: the cores are "
                    "split among them); a session stays on one.")
-@click.option("--batch", type=click.IntRange(1, 1024), default=None,
-              help="Windows (one per session) per inference  [default: 1 on cpu, 32 on "
+@click.option("--batch", type=click.IntRange(1, 64), default=None,
+              help="Windows (one per session) per inference; each costs the backend "
+                   "memory (~26 MB with ONNX Runtime on CPU)  [default: 1 on cpu, 32 on "
                    "cuda/tensorrt]")
 @click.option("--batch-delay-us", type=click.FloatRange(0, 100000), default=None,
               help="How long a partial batch may wait for more sessions' windows  "
