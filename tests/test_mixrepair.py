@@ -167,3 +167,63 @@ def test_repair_stretches_cover_each_hole_with_its_reach_and_merge():
     assert _stretches(need, 5) == [(5, 18), (55, 66)]
     assert _stretches(need, 30) == [(0, 91)]
     assert _stretches(np.zeros(10, bool), 3) == []
+
+
+# ---- per-band repair within one block (the live playout buffer) -------------------------
+
+
+def bin_tones(n, bins_per_stem, b):
+    """Tones exactly on the block FFT's bins (k * RATE / b), so each lies in one bin."""
+    return tones(n, [[k * RATE / b for k in ks] for ks in bins_per_stem])
+
+
+def test_block_bands_a_lost_stem_is_exactly_the_mixture_minus_the_others_while_trusted():
+    b = 256
+    stems, mix = stems_and_mix(b=b)
+    mr = MixtureRepair(2, 2, b)
+    warm(mr, stems, mix, b)
+    np.testing.assert_array_equal(mr.trust, 1.0)  # nothing learned yet: trusted
+    k = 50
+    blocks = stems[:, :, k * b:(k + 1) * b].copy()
+    blocks[0] = 0.3 * np.roll(blocks[0], 5)
+    assert mr.repair(blocks, np.array([False, True]), mix[:, k * b:(k + 1) * b], bands=True)
+    np.testing.assert_allclose(blocks[0], stems[0, :, k * b:(k + 1) * b], atol=1e-5)
+    np.testing.assert_array_equal(blocks[1], stems[1, :, k * b:(k + 1) * b])
+
+
+def test_block_bands_learn_the_trust_from_clean_blocks_and_keep_the_hiss_out():
+    b, nblk = 256, 64
+    stems = bin_tones(nblk * b, [[4], [20]], b)
+    hiss = 0.2 * bin_tones(nblk * b, [[100]], b)[0]  # in the mixture, never in a stem
+    mix = stems.sum(axis=0) + hiss
+    mr = MixtureRepair(2, 2, b)
+    for k in range(nblk - 1):
+        sl = slice(k * b, (k + 1) * b)
+        mr.observe(stems[:, :, sl], mix[:, sl], clean=True)
+    assert mr.enabled  # the residual (the hiss) is below -10 dB of the mixture
+    assert mr.trust[4] > 0.999 and mr.trust[20] > 0.999 and mr.trust[100] < 1e-6
+    sl = slice((nblk - 1) * b, nblk * b)
+    blocks = stems[:, :, sl].copy()
+    blocks[0] = 0.0  # lost
+    mr.repair(blocks, np.array([False, True]), mix[:, sl], bands=True)
+    np.testing.assert_allclose(blocks[0], stems[0, :, sl], atol=1e-4)  # no hiss in it
+
+
+def test_block_bands_share_a_residual_by_each_stems_bins():
+    b, nblk = 256, 40
+    truth = bin_tones(nblk * b, [[6, 9], [30, 45]], b)
+    mix = truth.sum(axis=0)
+    mr = MixtureRepair(2, 2, b)
+    warm(mr, truth, mix, b)
+    sl = slice(35 * b, 36 * b)
+    blocks = truth[:, :, sl].copy()
+    blocks[0] *= 0.4  # both wrong: the input was concealed
+    blocks[1] *= 1.5
+    by_energy = blocks.copy()
+    assert mr.repair_if_off(blocks, mix[:, sl], bands=True)
+    mr.repair(by_energy, None, mix[:, sl])
+    np.testing.assert_allclose(blocks.sum(axis=0), mix[:, sl], atol=1e-5)  # sum restored
+    for s in range(2):
+        err = np.sum((blocks[s] - truth[s, :, sl]) ** 2)
+        assert err < 0.01 * np.sum((by_energy[s] - truth[s, :, sl]) ** 2)
+        assert err < 1e-3 * np.sum(truth[s, :, sl] ** 2)

@@ -21,8 +21,11 @@ goes to the stems in proportion to their magnitude there (the model's outputs ar
 masks of the mixture that sum to one, so a stem's share of the summed magnitudes is its
 mask), and only in proportion to how far the model's sum is trusted in that bin, learned
 from blocks that arrived whole (a bin where the stems never add up to the mixture, e.g.
-above the model's band, takes none of it). The live playout buffer, which repairs one
-block as it plays it, keeps the time-domain split.
+above the model's band, takes none of it). The live playout buffer repairs one block as
+it plays it and cannot reach back into what has played: it does the same within the
+block (`repair(..., bands=True)`: one FFT of the block, the shares from the stems'
+windowed spectra, a trust learned online from clean blocks by `observe`), on scratch
+arrays allocated in __init__.
 
 Whether the model has this property is measured, not assumed: `observe()` on complete
 blocks keeps the median ratio of residual to mixture energy over the last 64, and
@@ -40,6 +43,10 @@ WINDOW = 64  # blocks the ratio is the median of
 QUIET = 1e-8  # mean square below which a block says nothing (near silence)
 OFF_FACTOR = 10.0  # a flagged block is repaired when its residual exceeds 10x the usual
 OFF_FLOOR = 1e-4  # (-40 dB: a model that adds up exactly still has s16 rounding)
+FRAME_S = 0.046  # STFT frame (2048 samples at 44.1 kHz), hop a quarter of it
+SHARE_SMOOTH = 1  # a stem's magnitude is averaged over this many frames each side
+SILENT = 1e-7  # summed stem magnitude below this: no mask to read, shared equally
+CHUNK_FRAMES = 512  # band_trust reads the take this many frames at a time
 
 
 class MixtureRepair:
@@ -53,20 +60,37 @@ class MixtureRepair:
         self._sorted = np.zeros(WINDOW, np.float64)
         self.observed = 0
         self.repaired = 0  # stem blocks (or stretches) repaired
+        # per-band repair within one block (the live path): FFT scratch, the trust per bin
+        nb = block // 2 + 1
+        self._win = (0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(block) + 0.5) / block))
+        self._x = np.zeros((channels, block), np.float64)
+        self._z = np.zeros((channels, nb), np.complex128)  # the residual's spectrum
+        self._zs = np.zeros((channels, nb), np.complex128)
+        self._abs = np.zeros((channels, nb), np.float64)
+        self._mag = np.zeros((n_stems, nb), np.float64)
+        self._tot = np.zeros(nb, np.float64)
+        self._w = np.zeros(nb, np.float64)
+        self._quiet = np.zeros(nb, bool)
+        self._er = np.zeros(nb, np.float64)  # residual energy per bin, clean blocks
+        self._em = np.zeros(nb, np.float64)  # mixture energy per bin, clean blocks
+        self.trust = np.ones(nb, np.float64)  # 1 - er / em, clipped; 1 until observed
 
     @property
     def enabled(self) -> bool:
         return self.observed >= MIN_BLOCKS and self.ratio <= MAX_RESIDUAL
 
-    def observe(self, blocks: np.ndarray, mix: np.ndarray) -> None:
+    def observe(self, blocks: np.ndarray, mix: np.ndarray, clean: bool = False) -> None:
         """A block every stem of which arrived. The ratio is the median over the last
         WINDOW blocks (robust to a block whose input the server concealed, and to near
-        silence)."""
+        silence). clean: the block does not depend on concealed input either (not
+        flagged): it also teaches the per-bin trust (a whole block only)."""
         n = mix.shape[-1]
         em = float(np.sum(mix * mix))
         if em <= QUIET * mix.size:
             return
         self._residual(blocks, mix, 0, n)
+        if clean and n == self.block:
+            self._learn_bands(mix)
         er = float(np.sum(self._res[:, :n] * self._res[:, :n]))
         self._ratios[self.observed % WINDOW] = er / em
         self.observed += 1
@@ -76,15 +100,22 @@ class MixtureRepair:
         self.ratio = float(self._sorted[m // 2])
 
     def repair(self, blocks: np.ndarray, trusted: np.ndarray | None, mix: np.ndarray,
-               lo: int = 0, hi: int | None = None, into: np.ndarray | None = None) -> bool:
+               lo: int = 0, hi: int | None = None, into: np.ndarray | None = None,
+               bands: bool = False) -> bool:
         """Share mix - sum(blocks) over samples [lo, hi) among the untrusted stems
         (trusted None: all of them), by their energy there. blocks [S, C, n], mix [C, n].
-        into: add the shares there ([S, C, n]) instead of to blocks."""
+        into: add the shares there ([S, C, n]) instead of to blocks. bands (a whole
+        block only): per frequency bin instead, by the untrusted stems' magnitudes in
+        that bin and through the learned trust (`_repair_bands`)."""
         if not self.enabled:
             return False
         hi = mix.shape[-1] if hi is None else hi
         if hi <= lo:
             return False
+        if bands and lo == 0 and hi == self.block and into is None:
+            self._repair_bands(blocks, trusted, mix)
+            self.repaired += 1
+            return True
         self._residual(blocks, mix, lo, hi)
         n = hi - lo
         e = self._e
@@ -113,10 +144,70 @@ class MixtureRepair:
         er = float(np.sum(self._res * self._res))
         return er > OFF_FACTOR * max(self.ratio, OFF_FLOOR) * max(em, 1e-12)
 
-    def repair_if_off(self, blocks: np.ndarray, mix: np.ndarray) -> bool:
+    def repair_if_off(self, blocks: np.ndarray, mix: np.ndarray, bands: bool = False) -> bool:
         """A block whose stems may not add up (the server flagged it CONCEALED: it depends
         on input it had to conceal): repaired, among all stems, only where `off`."""
-        return self.off(blocks, mix) and self.repair(blocks, None, mix)
+        return self.off(blocks, mix) and self.repair(blocks, None, mix, bands=bands)
+
+    def _learn_bands(self, mix: np.ndarray) -> None:
+        """Add a clean block's residual (in _res) and mixture energy per bin."""
+        np.copyto(self._x, self._res)
+        np.fft.rfft(self._x, axis=-1, out=self._z)
+        np.abs(self._z, out=self._abs)
+        self._abs *= self._abs
+        self._er += self._abs[0]
+        for c in range(1, self.channels):
+            self._er += self._abs[c]
+        np.copyto(self._x, mix)
+        np.fft.rfft(self._x, axis=-1, out=self._z)
+        np.abs(self._z, out=self._abs)
+        self._abs *= self._abs
+        for c in range(self.channels):
+            self._em += self._abs[c]
+        # trust = clip(1 - er / em, 0, 1), 1 where the mixture had nothing yet
+        np.maximum(self._em, 1e-30, out=self._w)
+        np.divide(self._er, self._w, out=self.trust)
+        np.subtract(1.0, self.trust, out=self.trust)
+        np.clip(self.trust, 0.0, 1.0, out=self.trust)
+        np.less_equal(self._em, 0.0, out=self._quiet)
+        np.copyto(self.trust, 1.0, where=self._quiet)
+
+    def _repair_bands(self, blocks: np.ndarray, trusted: np.ndarray | None,
+                      mix: np.ndarray) -> None:
+        """The block's residual, per bin, to the untrusted stems by their (Hann-windowed)
+        magnitude there, through the trust. The FFT is the block's own (circular): what a
+        filter would spill past the block's ends wraps into it, so nothing already played
+        is needed and nothing is left over. Where trust is 1 the sum is restored exactly."""
+        b = self.block
+        self._residual(blocks, mix, 0, b)
+        np.copyto(self._x, self._res)
+        np.fft.rfft(self._x, axis=-1, out=self._z)
+        self._tot.fill(0.0)
+        u = 0
+        for s in range(self.n_stems):
+            if trusted is not None and trusted[s]:
+                continue
+            u += 1
+            np.multiply(blocks[s], self._win, out=self._x)
+            np.fft.rfft(self._x, axis=-1, out=self._zs)
+            np.abs(self._zs, out=self._abs)
+            np.copyto(self._mag[s], self._abs[0])
+            for c in range(1, self.channels):
+                self._mag[s] += self._abs[c]
+            self._tot += self._mag[s]
+        if u == 0:
+            return
+        np.less_equal(self._tot, SILENT, out=self._quiet)
+        np.maximum(self._tot, SILENT, out=self._tot)
+        for s in range(self.n_stems):
+            if trusted is not None and trusted[s]:
+                continue
+            np.divide(self._mag[s], self._tot, out=self._w)
+            np.copyto(self._w, 1.0 / u, where=self._quiet)
+            self._w *= self.trust
+            np.multiply(self._z, self._w, out=self._zs)
+            np.fft.irfft(self._zs, b, axis=-1, out=self._x)
+            blocks[s] += self._x
 
     def _residual(self, blocks: np.ndarray, mix: np.ndarray, lo: int, hi: int) -> None:
         n = hi - lo
@@ -128,10 +219,6 @@ class MixtureRepair:
 
 # ---- per-band repair over a whole take (archival) -------------------------------------
 
-FRAME_S = 0.046  # STFT frame (2048 samples at 44.1 kHz), hop a quarter of it
-SHARE_SMOOTH = 1  # a stem's magnitude is averaged over this many frames each side
-SILENT = 1e-7  # summed stem magnitude below this: no mask to read, shared equally
-CHUNK_FRAMES = 512  # band_trust reads the take this many frames at a time
 
 
 def frame_len(rate: int) -> int:
