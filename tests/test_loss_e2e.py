@@ -1,6 +1,8 @@
 """The issue's figures, end to end: real server, real model, real audio, `send` through the
 seeded relay with 5 % independent loss in each direction. Unpaced, so the machine's load
-cannot make blocks late: only the relay's losses count."""
+cannot make blocks late: only the relay's losses count. Each impaired setting runs with
+three relay seeds and the floor applies to the median: which datagrams are dropped (the
+order pings take in the relay's sequence) moves a single run by several dB."""
 
 import asyncio
 
@@ -23,9 +25,10 @@ def runs(tmp_path_factory, model_dir, example):
     sf.write(wav, x[:, :6 * sr].T, sr, subtype="PCM_16")
     out = {}
     with ServerThread(ServeOptions(str(model_dir), "127.0.0.1", 0)) as st:
-        for name, red, loss in (("clean", False, 0.0), ("off", False, 0.05),
-                                ("on", True, 0.05)):
-            cfg = make_config(None, seed=11, loss=loss, burst=1.0)
+        for name, red, loss, seed in (("clean", False, 0.0, 11),
+                                      *[(f"off{s}", False, 0.05, s) for s in SEEDS],
+                                      *[(f"on{s}", True, 0.05, s) for s in SEEDS]):
+            cfg = make_config(None, seed=seed, loss=loss, burst=1.0)
             with Relay(st.address, cfg) as relay:
                 rep = asyncio.run(send_file(SendOptions(
                     wav, relay.address, tmp / name, realtime=False, redundancy=red)))
@@ -34,25 +37,38 @@ def runs(tmp_path_factory, model_dir, example):
     return out
 
 
-# Floors, not the issue's targets: measured 13.7-15 dB (no redundancy) and 21-22 dB (with)
-# on this excerpt, varying about 1 dB with the order pings take in the relay's sequence.
-# The issue asks >= 14 / >= 22; docs/BENCHMARKS.md says where that is and is not reached.
-FLOOR_OFF_DB, FLOOR_ON_DB = 12.5, 19.5
+SEEDS = (11, 12, 13)
+# The issue's targets, on the median of the three seeds. Measured on this excerpt, one run
+# per relay seed (`python scripts/loss-e2e-seeds.py MODEL 1-16`, and seeds up to 27):
+# 16.6-22.0 dB (vocals, the lower stem) without redundancy, 23.0 dB and up with it; one
+# single-seed run of about 60 fell below 22 with redundancy (under heavy load).
+FLOOR_OFF_DB, FLOOR_ON_DB = 14.0, 22.0
+
+
+def medians(runs, kind):
+    """Per stem: the median over the seeds of SDR against the clean run."""
+    clean = runs["clean"][1]
+    per = {s: [sdr(clean[s], runs[f"{kind}{seed}"][1][s]) for seed in SEEDS] for s in clean}
+    return {s: float(np.median(v)) for s, v in per.items()}, per
 
 
 def test_5_percent_loss_both_ways_without_redundancy_stays_above_floor(runs):
-    rep, stems, stats = runs["off"]
-    assert stats["up"].lost > 0 and stats["down"].lost > 0 and rep.recovered == 0
-    assert rep.repair["mix_repair"]  # the model's stems add up to the mixture: measured
-    for s, y in stems.items():
-        assert sdr(runs["clean"][1][s], y) >= FLOOR_OFF_DB, s
+    for seed in SEEDS:
+        rep, _, stats = runs[f"off{seed}"]
+        assert stats["up"].lost > 0 and stats["down"].lost > 0 and rep.recovered == 0
+        assert rep.repair["mix_repair"]  # the model's stems add up to the mixture: measured
+    med, per = medians(runs, "off")
+    for s, v in med.items():
+        assert v >= FLOOR_OFF_DB, (s, per[s])
 
 
 def test_5_percent_loss_both_ways_with_redundancy_stays_above_floor(runs):
-    rep, stems, stats = runs["on"]
-    assert rep.redundancy and rep.recovered > 0
-    for s, y in stems.items():
-        assert sdr(runs["clean"][1][s], y) >= FLOOR_ON_DB, s
+    for seed in SEEDS:
+        rep = runs[f"on{seed}"][0]
+        assert rep.redundancy and rep.recovered > 0
+    med, per = medians(runs, "on")
+    for s, v in med.items():
+        assert v >= FLOOR_ON_DB, (s, per[s])
 
 
 def test_the_clean_run_is_clean(runs):

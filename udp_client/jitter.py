@@ -256,12 +256,13 @@ class JitterBuffer:
         if mix is None:
             return
         rep = self.repair
-        if not present.all():
-            rep.repair(dst, present, mix)
+        if not present.all():  # per band within the block (udp_client.mixrepair)
+            rep.repair(dst, present, mix, bands=True)
             return
-        rep.observe(dst, mix)  # (a median: robust to the flagged blocks that are off)
-        if self._flagged(play):
-            rep.repair_if_off(dst, mix)
+        flagged = self._flagged(play)
+        rep.observe(dst, mix, clean=not flagged)  # (a median: robust to blocks that are off)
+        if flagged:
+            rep.repair_if_off(dst, mix, bands=True)
 
     def _flagged(self, play: int) -> bool:
         for ts in self._suspect:

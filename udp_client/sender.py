@@ -25,7 +25,7 @@ from stemlink.udp_client.core import (
     StemBlock,
 )
 from stemlink.udp_client.jitter import JitterBuffer, JitterConfig
-from stemlink.udp_client.mixrepair import MixtureRepair
+from stemlink.udp_client.mixrepair import MixtureRepair, band_repair, band_trust, frame_len
 from stemlink.udp_client.status import SendProgress, SendStatus, ticker
 from stemlink.udp_client.transport import connect
 from stemlink.wire import packets as pk
@@ -224,7 +224,8 @@ def output_mixture(padded: np.ndarray, delay: int, total: int) -> np.ndarray:
 def _conceal_missing(state: _Receiver, opts: SendOptions, mix: np.ndarray | None) -> dict:
     """Archival: every block that arrived is written; the others are concealed, each
     interpolated into the next block when that one arrived; then, where the stems are
-    known to add up to the mixture, repaired from it (udp_client.mixrepair)."""
+    known to add up to the mixture, repaired from it per frequency band
+    (udp_client.mixrepair.band_repair)."""
     have = ~np.isnan(state.arrival_ns)
     n_stems, nblocks = have.shape
     b = state.b
@@ -252,12 +253,30 @@ def _conceal_missing(state: _Receiver, opts: SendOptions, mix: np.ndarray | None
             mr.observe(state.stems[:, :, k * b:(k + 1) * b], mix[:, k * b:(k + 1) * b])
             if mr.observed >= 64:
                 break
+    if not mr.enabled:
+        return {"mix_repair": False, "mix_residual_db": 10 * np.log10(max(mr.ratio, 1e-12)),
+                "mix_repaired": 0}
+    stems = state.stems
+    own = np.zeros_like(stems)  # the mixture's remainder, per lost stem block
+    shared = np.zeros(stems.shape[2], bool)  # samples whose residual all stems share
     for k in range(nblocks):
         sl = slice(k * b, (k + 1) * b)
-        if not have[:, k].all():  # stem blocks lost on the way down: the mixture's remainder
-            mr.repair(state.stems[:, :, sl], have[:, k], mix[:, sl])
-        elif flagged[k]:  # where the stems no longer add up: the input concealment's error
-            mr.repair_if_off(state.stems[:, :, sl], mix[:, sl])
+        if have[:, k].all():
+            # stems that do not add up where they depend on concealed input
+            if flagged[k] and mr.off(stems[:, :, sl], mix[:, sl]):
+                shared[sl] = True
+                mr.repaired += 1
+        elif have[:, k].any() and not flagged[k]:
+            # lost on the way down: the mixture's remainder is the lost stems' own
+            mr.repair(stems[:, :, sl], have[:, k], mix[:, sl], into=own[:, :, sl])
+        else:
+            # all lost; or the siblings that arrived depend on concealed input too (the
+            # server flagged them), and splitting by band measures better than trusting them
+            shared[sl] = True
+            mr.repaired += 1
+    ok = np.repeat(have.all(axis=0) & ~flagged, b)[:stems.shape[2]]
+    nfft = frame_len(state.sample_rate)
+    band_repair(stems, mix, own, shared, band_trust(stems, mix, ok, nfft), nfft)
     return {"mix_repair": mr.enabled, "mix_residual_db": 10 * np.log10(max(mr.ratio, 1e-12)),
             "mix_repaired": mr.repaired}
 
