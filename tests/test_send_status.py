@@ -156,3 +156,20 @@ def test_send_prints_no_status_into_a_pipe_or_when_quiet(server, clip, tmp_path)
     assert "\r" not in r.stdout and "recv " not in r.stdout and "packets: sent" in r.stdout
     rc, out = run_in_pty([*args[3:], "--quiet"], timeout=120)
     assert rc == 0 and "\r" not in out.replace("\r\n", "\n") and "packets: sent" in out, out
+
+
+def test_send_summary_warns_when_much_of_the_output_was_guessed():
+    """More than 5 % of the stem blocks lost: the summary says so in a line of its own;
+    below that it does not."""
+    from stemlink.udp_client.sender import SendReport
+
+    def report(lost):
+        return SendReport(files={}, model="m", stems=["vocals", "accompaniment"],
+                          preset="monitor",
+                          delay=5119, sample_rate=44100, block=256, seconds=1.0, sent=100,
+                          received=200 - lost, expected=200, lost=lost, late=0,
+                          duplicates=0, concealed=0, bytes_sent=0, bytes_received=0)
+
+    assert "warning" not in report(10).summary()
+    lines = report(60).summary().splitlines()
+    assert lines[-1].startswith("warning: 30 % of the stem blocks never arrived")

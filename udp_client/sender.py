@@ -32,6 +32,7 @@ from stemlink.wire import packets as pk
 from stemlink.wire.constants import PRESET_NAMES, Features, Flags, SampleFormat
 
 AFAP_WINDOW = 32  # blocks in flight when not pacing in real time
+LOSS_WARN_FRACTION = 0.05  # more stem blocks lost than this: the summary warns
 
 
 @dataclass
@@ -121,7 +122,7 @@ class SendReport:
             f"block {self.block}",
             f"packets: sent {self.sent}, received {self.received}/{self.expected}, "
             f"lost {self.lost}, late {self.late}, duplicates {self.duplicates}, "
-            f"concealed {self.concealed}",
+            f"from server-concealed input {self.concealed}",
             f"RTT ms: p50 {rtt.get('p50', float('nan')):.2f}, "
             f"p99 {rtt.get('p99', float('nan')):.2f}",
             f"end-to-end latency ms: p50 {lat.get('p50', float('nan')):.1f}, "
@@ -135,7 +136,15 @@ class SendReport:
               f"(target max {self.playout['target_max_ms']:.1f} ms), late "
               f"{self.playout['late']}, inserted {self.playout['inserted']}, stated "
               f"end-to-end latency {self.playout['stated_latency_ms']:.1f} ms"]
-             if self.playout else []))
+             if self.playout else []) + self._warnings())
+
+    def _warnings(self) -> list[str]:
+        """A line a user cannot miss when much of what was written is guessed."""
+        if not self.expected or self.lost <= LOSS_WARN_FRACTION * self.expected:
+            return []
+        return [f"warning: {100 * self.lost / self.expected:.0f} % of the stem blocks never "
+                f"arrived and were concealed: the server or the network did not keep up "
+                f"(see the server's log; `stemlink bench capacity` measures what it sustains)"]
 
 
 async def send_file(opts: SendOptions) -> SendReport:
