@@ -314,6 +314,10 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
             time.sleep(SERVICE_S)
 
     def stated(now: float) -> float:
+        """Once playout runs, the account's figure on the device clock (the latest
+        playback callback's); before, an estimate from the parts."""
+        if account.last_samples is not None:
+            return account.ms(account.last_samples)
         rtt = stats["rtt_ms"][-1] if stats["rtt_ms"] else 0.0
         return d_ms + acc.reorder_ms + rtt / 2 + po.latency_ms(now) + 1000 * POLL_S
 
