@@ -67,3 +67,19 @@ def test_a_late_callback_records_one_point_not_a_burst():
         acct.on_playout(0.0, 0.0)
     frames, _ = acct.series()
     np.testing.assert_array_equal(frames, [0, 5256, 6024])  # next on the grid: 6000
+
+
+def test_bench_live_compares_each_window_with_what_live_stated_then():
+    # live's series: 70 ms until capture frame 48,000 (1 s at 48 kHz), 80 ms after; the
+    # song starts at capture frame 4,800 (the step is at song time 0.9 s). Windows of 1 s
+    # centred at song time 0.3 s (all before the step), 1.0 s (over it), 2.0 s (after it)
+    from stemlink.bench.live_bench import stated_at
+
+    frames = list(range(0, 200_000, 4800))
+    over = {"capture_frames": frames, "total_ms": [70.0 if f < 48_000 else 80.0
+                                                   for f in frames]}
+    got = stated_at([0.3, 1.0, 2.0], [71.0, 79.0, 80.0], over, 4800.0, 48000)
+    # over the step the measured 79 ms is compared with 80 (a value stated then), never
+    # with a blend of the two
+    assert got == [70.0, 80.0, 80.0]
+    assert stated_at([0.3], [70.0], None, 4800.0, 48000) == [None]

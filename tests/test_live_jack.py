@@ -79,6 +79,9 @@ def test_live_through_jack_latency_equals_the_stated_total(model_dir, tmp_path, 
     times = m["windows"]["latency_ms"]
     assert len(times) >= SONG_S / 0.5 - 4, m["windows"]
     assert max(abs(t - stated) for t in times) <= one_block_ms, times
+    # live's own series (its stated total at each window's capture time) agrees too
+    mm = run["measured_minus_stated_windows_ms"]
+    assert mm["n"] == len(times) and mm["max_abs"] <= one_block_ms, mm
     # no dropouts on clean loopback: live played every stem block in time (its own
     # underrun counter), and jackd never found live's client unfinished at a cycle's end.
     # JACK's xrun total is reported, not asserted: on a busy machine the dummy driver's own

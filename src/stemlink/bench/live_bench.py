@@ -434,8 +434,8 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, ref: Fi
     # live's stated total at the capture time of each window (song time -> live's capture
     # frames: the song's first sound sits at live's first_signal_media_ts)
     start = None if first is None else (first - ref.first_signal()) * jack.rate / ref.rate
-    m["windows"]["stated_ms"] = stated_at(m["windows"]["times_s"], lat.get("over_time"),
-                                          start, jack.rate)
+    m["windows"]["stated_ms"] = stated_at(m["windows"]["times_s"], m["windows"]["latency_ms"],
+                                          lat.get("over_time"), start, jack.rate)
     diff = [a - b for a, b in zip(m["windows"]["latency_ms"], m["windows"]["stated_ms"],
                                   strict=True) if b is not None]
     if keep_audio is not None:  # what live played, and what the file path says it should be
@@ -455,6 +455,7 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, ref: Fi
         "seconds": secs,
         "measured": m,
         "file_path_grid_phase": phase % ref.grid(cfg.preset),
+        "song_start_capture_frame": start,  # live's capture frame of the song's sample 0
         "stated_total_ms": stated,
         "measured_minus_stated_ms": None if stated is None else m["latency_ms"] - stated,
         # the stated total over the song (live's account, at each window's capture time),
@@ -486,17 +487,26 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, ref: Fi
     }
 
 
-def stated_at(times_s: list[float], over: dict | None, start_frame: float | None,
-              rate: int) -> list[float | None]:
-    """live's stated total (its latency account's series: capture frame, ms) at the
-    capture time of each window centre (song time s -> capture frame start + s * rate);
-    None where live gave no series."""
+def stated_at(times_s: list[float], lags_ms: list[float], over: dict | None,
+              start_frame: float | None, rate: int, window_s: float = WINDOW_S,
+              points: int = 21) -> list[float | None]:
+    """live's stated total (its latency account's series: capture frame, ms) for each
+    window: of the values it stated while the window's input was captured (song time s ->
+    capture frame start + s * rate), the one nearest the window's measured lag (a window
+    over a step of the adaptive buffer measures one side of it). None where live gave no
+    series."""
     if not over or start_frame is None or not over.get("capture_frames"):
         return [None] * len(times_s)
     frames = np.asarray(over["capture_frames"], np.float64)
     totals = np.asarray(over["total_ms"], np.float64)
-    at = start_frame + np.asarray(times_s, np.float64) * rate
-    return [float(v) for v in np.interp(at, frames, totals)]
+    span = np.linspace(-window_s / 2, window_s / 2, points)
+    out: list[float | None] = []
+    for t, lag in zip(times_s, lags_ms, strict=True):
+        # each point holds until the next (a step, not a ramp: no value in between)
+        at = np.searchsorted(frames, start_frame + (t + span) * rate, side="right") - 1
+        cand = totals[np.clip(at, 0, totals.size - 1)]
+        out.append(float(cand[np.argmin(np.abs(cand - lag))]))
+    return out
 
 
 def _count(lines: list[str], pattern: str) -> int | None:
