@@ -25,9 +25,10 @@ TEST_JITTER_MS = "250"
 SONG_S = 6.0
 # SDR of the recorded monitor stem against the file path (the streaming separator of
 # `separate --preset monitor`, on the same grid phase), measured on this project's machine:
-# 76-85 dB at 44.1 kHz (s16 on the wire both ways is all that differs), 53-54 dB at 48 kHz
-# (live's two resamplers). See docs/BENCHMARKS.md, "Live monitoring through a real audio
-# stack". A dropout, a slipped block or a wrong stem costs tens of dB.
+# 73-85 dB at 44.1 kHz (s16 on the wire both ways is all that differs), 54-62 dB at 48 kHz
+# (live's two resamplers, udp_client/resample.py). See docs/BENCHMARKS.md, "Live
+# monitoring through a real audio stack". A dropout, a slipped block or a wrong stem costs
+# tens of dB.
 SDR_FLOOR_DB = {44100: 70.0, 48000: 48.0}
 
 

@@ -655,18 +655,25 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
+    # a colour per preset and network, a line style and marker per device rate
+    keys = list(dict.fromkeys((r["config"]["preset"], r["config"]["profile"])
+                              for r in result["runs"]))
+    rates = sorted({r["config"]["device_rate"] for r in result["runs"]})
+    styles = [("-", "."), ("--", "x"), ("-.", "+")]
     for r in result["runs"]:
         c, w = r["config"], r["measured"]["windows"]
-        line, = ax.plot(w["times_s"], w["latency_ms"], marker=".", lw=1,
+        ls, mk = styles[rates.index(c["device_rate"]) % len(styles)]
+        line, = ax.plot(w["times_s"], w["latency_ms"], marker=mk, ls=ls, lw=1, ms=4,
+                        color=f"C{keys.index((c['preset'], c['profile'])) % 10}",
                         label=f"{c['preset']} {c['device_rate']} Hz {c['profile']}")
         st = [(t, v) for t, v in zip(w["times_s"], w.get("stated_ms", []), strict=False)
               if v is not None]
         if st:
-            ax.plot(*zip(*st, strict=True), ls=":", lw=1, color=line.get_color())
+            ax.plot(*zip(*st, strict=True), ls=":", lw=0.8, color="k", alpha=0.6)
     ax.set_xlabel("song time (s)")
     ax.set_ylabel("input-to-output latency (ms)")
     ax.set_title("live through JACK: measured latency per 1 s window (dots), live's stated "
-                 f"total then (dotted)\n{describe(result['machine'])}", fontsize=9)
+                 f"total then (black dotted)\n{describe(result['machine'])}", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
