@@ -308,3 +308,28 @@ def test_adaptive_playout_settles_at_a_regular_arrival_rate(device_rate):
     po, at5, end = adaptive_playout_at(device_rate, 15.0)
     assert end == at5, (at5, end)
     assert end[2] == 0 and po.underruns[0] == 0
+
+
+def test_uplink_at_48khz_restarts_its_resampler_after_a_capture_gap():
+    from stemlink.udp_client.live import Uplink
+    from stemlink.udp_client.resample import StreamResampler
+
+    up = Uplink(48000, 1, 44100, 2, 256)
+    x = (np.sin(np.arange(48000) * 0.01) * 0.5).astype(np.float32)[:, None]
+    sent = []
+    for pos in range(0, 9600, 480):  # 0.2 s, then 0.1 s of frames lost
+        sent += up.feed(pos, x[pos:pos + 480])
+    n_before = len(sent)
+    for pos in range(14400, 24000, 480):
+        sent += up.feed(pos, x[pos:pos + 480])
+    ts = [t for t, _ in sent]
+    assert ts[:n_before] == [256 * k for k in range(n_before)]
+    # the lost device frames (and what was pending) become whole blocks of timestamps
+    gap = ts[n_before] - ts[n_before - 1] - 256
+    assert gap % 256 == 0 and 0 < gap <= 4800 * 44100 / 48000 + 2 * 256
+    assert up.gaps == 1
+    # after the gap the resampler starts afresh on the frames captured at 14,400
+    fresh = StreamResampler(48000, 44100, 2).process(
+        np.repeat(x[14400:24000].T, 2, axis=0)).copy()
+    got = np.concatenate([b for _, b in sent[n_before:]], axis=1)
+    np.testing.assert_array_equal(got, fresh[:, :got.shape[1]])

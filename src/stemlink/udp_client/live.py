@@ -139,7 +139,8 @@ class Uplink:
             self.gaps += 1
             self.gap_blocks += skip
             self._pending = np.zeros((self.channels, 0), np.float32)
-            self._rs = self._resampler()
+            if self._rs is not None:  # a new stream of input starts after the gap
+                self._rs.reset()
         self._next_pos = pos + frames.shape[0]
         x = aio.to_channels(np.ascontiguousarray(frames.T), self.channels)
         if self._rs is not None:
