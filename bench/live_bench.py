@@ -337,6 +337,7 @@ class FilePath:
         self.x = aio.resample(aio.to_channels(song, self.card.channels), song_sr,
                               self.card.sample_rate)
         self.song_sr, self.n = song_sr, song.shape[1]
+        self.rate = self.card.sample_rate  # the model's: live's media timestamps
         self.cache: dict = {}
 
     def grid(self, preset: str) -> int:
@@ -429,10 +430,17 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, ref: Fi
     expected = monitor_mix(ref.stems(cfg.preset, phase), cfg.monitor)
     exp_dev = aio.resample(expected, song_sr, jack.rate, length=song_dev.shape[1])
     m = measure(rig.rec, exp_dev, jack.rate)
+    lat = stats.get("latency", {})
+    # live's stated total at the capture time of each window (song time -> live's capture
+    # frames: the song's first sound sits at live's first_signal_media_ts)
+    start = None if first is None else (first - ref.first_signal()) * jack.rate / ref.rate
+    m["windows"]["stated_ms"] = stated_at(m["windows"]["times_s"], m["windows"]["latency_ms"],
+                                          lat.get("over_time"), start, jack.rate)
+    diff = [a - b for a, b in zip(m["windows"]["latency_ms"], m["windows"]["stated_ms"],
+                                  strict=True) if b is not None]
     if keep_audio is not None:  # what live played, and what the file path says it should be
         aio.write_audio(keep_audio / f"recorded-{cfg.label}.wav", rig.rec, jack.rate)
         aio.write_audio(keep_audio / f"expected-{cfg.label}.wav", exp_dev, jack.rate)
-    lat = stats.get("latency", {})
     stated = lat.get("stated_total_ms")
     minutes = secs / 60
     jb = stats.get("jitter", {})
@@ -447,8 +455,18 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, ref: Fi
         "seconds": secs,
         "measured": m,
         "file_path_grid_phase": phase % ref.grid(cfg.preset),
+        "song_start_capture_frame": start,  # live's capture frame of the song's sample 0
         "stated_total_ms": stated,
         "measured_minus_stated_ms": None if stated is None else m["latency_ms"] - stated,
+        # the stated total over the song (live's account, at each window's capture time),
+        # and measured - stated window by window: the comparison that holds when the
+        # adaptive playout buffer moves the latency during the song
+        "stated_over_time_ms": summarize([v for v in m["windows"]["stated_ms"]
+                                          if v is not None], (1, 50, 99)),
+        "measured_minus_stated_windows_ms": {**summarize(diff, (1, 50, 99)),
+                                             "max_abs": max(map(abs, diff), default=None)},
+        "inserted_blocks": {k: v.get("inserted") for k, v in jb.items()},
+        "cut_samples": {k: v.get("cut_samples") for k, v in jb.items()},
         "live_latency": lat,
         "jack_xruns": jack_xruns,
         "jack_xruns_per_min": jack_xruns / minutes,
@@ -467,6 +485,28 @@ def run_one(cfg: LiveConfig, model: str, song: np.ndarray, song_sr: int, ref: Fi
         "server_input_concealed_blocks": _count(session, r"concealed blocks (\d+)"),
         "server_overload_drops": _count(session, r"overload drops (\d+)"),
     }
+
+
+def stated_at(times_s: list[float], lags_ms: list[float], over: dict | None,
+              start_frame: float | None, rate: int, window_s: float = WINDOW_S,
+              points: int = 21) -> list[float | None]:
+    """live's stated total (its latency account's series: capture frame, ms) for each
+    window: of the values it stated while the window's input was captured (song time s ->
+    capture frame start + s * rate), the one nearest the window's measured lag (a window
+    over a step of the adaptive buffer measures one side of it). None where live gave no
+    series."""
+    if not over or start_frame is None or not over.get("capture_frames"):
+        return [None] * len(times_s)
+    frames = np.asarray(over["capture_frames"], np.float64)
+    totals = np.asarray(over["total_ms"], np.float64)
+    span = np.linspace(-window_s / 2, window_s / 2, points)
+    out: list[float | None] = []
+    for t, lag in zip(times_s, lags_ms, strict=True):
+        # each point holds until the next (a step, not a ramp: no value in between)
+        at = np.searchsorted(frames, start_frame + (t + span) * rate, side="right") - 1
+        cand = totals[np.clip(at, 0, totals.size - 1)]
+        out.append(float(cand[np.argmin(np.abs(cand - lag))]))
+    return out
 
 
 def _count(lines: list[str], pattern: str) -> int | None:
@@ -564,27 +604,37 @@ def _loadavg() -> str:
 
 def render(result: dict) -> str:
     rows = []
+
+    def pair(d: dict | None, a: str, b: str, fmt: str = ".1f") -> str:
+        if not d or d.get(a) is None or not np.isfinite(d.get(a, np.nan)):
+            return "–"
+        return f"{d[a]:{fmt}} / {d[b]:{fmt}}"
+
     for r in result["runs"]:
         c, m = r["config"], r["measured"]
-        lt = m["latency_over_time_ms"]
         conc = sum(v or 0 for v in r["concealed_blocks"].values())
+        ins = sum(v or 0 for v in r.get("inserted_blocks", {}).values())
+        cut = sum(v or 0 for v in r.get("cut_samples", {}).values())
+        model_rate = r["live_latency"].get("model_rate", 44100)
         rows.append([
             c["preset"], c["device_rate"], c["profile"],
+            "adaptive" if c.get("jitter") in (None, "auto") else f"fixed {c['jitter']} ms",
             f"{r['stated_total_ms']:.1f}" if r["stated_total_ms"] is not None else "–",
-            f"{m['latency_ms']:.1f}", f"{lt['p50']:.1f} / {lt['p99']:.1f}",
-            f"{r['measured_minus_stated_ms']:+.2f}" if r["stated_total_ms"] is not None else "–",
+            pair(r.get("stated_over_time_ms"), "p50", "p99"),
+            pair(m["latency_over_time_ms"], "p50", "p99"),
+            pair(r.get("measured_minus_stated_windows_ms"), "p50", "max_abs", "+.2f"),
             f"{r['jack_xruns_per_min']:.1f}", f"{r['live_xrun_callbacks_per_min']:.1f}",
-            r["underruns"], conc, f"{m['sdr_db']:.1f}",
-            (f"{m['sdr_windows_db']['p50']:.1f} / {m['sdr_windows_db']['p1']:.1f}"
-             if m.get("sdr_windows_db") else "–"),
+            r["underruns"], f"{conc} / {ins}", f"{1000 * cut / model_rate:.0f}",
+            pair(m.get("sdr_windows_db"), "p50", "p1"), f"{m['sdr_db']:.1f}",
             f"{100 * r['client_cpu_cores']:.0f} %",
         ])
     table = markdown_table(
-        ["preset", "device Hz", "network", "stated total ms", "measured ms",
-         "over time p50 / p99 ms", "measured − stated ms", "JACK xruns /min",
-         "live xrun callbacks /min", "underruns", "concealed blocks",
-         "SDR vs file path dB (whole song, one lag)",
-         "SDR per 1 s window, own lag: p50 / p1 dB", "client CPU"], rows)
+        ["preset", "device Hz", "network", "playout buffer", "stated at start ms",
+         "stated over the song p50 / p99 ms", "measured over the song p50 / p99 ms",
+         "measured − stated per window: p50 / max abs ms", "JACK xruns /min",
+         "live xrun callbacks /min", "underruns", "concealed / inserted blocks",
+         "cut ms", "SDR vs file path per 1 s window, own lag: p50 / p1 dB",
+         "SDR whole song, one lag dB", "client CPU"], rows)
     r0 = result["runs"][0] if result["runs"] else {}
     jk = result["jack"]
     head = (f"live through JACK (dummy driver, {r0.get('config', {}).get('jack_period', '?')}"
@@ -605,16 +655,25 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
+    # a colour per preset and network, a line style and marker per device rate
+    keys = list(dict.fromkeys((r["config"]["preset"], r["config"]["profile"])
+                              for r in result["runs"]))
+    rates = sorted({r["config"]["device_rate"] for r in result["runs"]})
+    styles = [("-", "."), ("--", "x"), ("-.", "+")]
     for r in result["runs"]:
         c, w = r["config"], r["measured"]["windows"]
-        line, = ax.plot(w["times_s"], w["latency_ms"], marker=".", lw=1,
+        ls, mk = styles[rates.index(c["device_rate"]) % len(styles)]
+        line, = ax.plot(w["times_s"], w["latency_ms"], marker=mk, ls=ls, lw=1, ms=4,
+                        color=f"C{keys.index((c['preset'], c['profile'])) % 10}",
                         label=f"{c['preset']} {c['device_rate']} Hz {c['profile']}")
-        if r["stated_total_ms"] is not None:
-            ax.axhline(r["stated_total_ms"], ls=":", lw=1, color=line.get_color())
+        st = [(t, v) for t, v in zip(w["times_s"], w.get("stated_ms", []), strict=False)
+              if v is not None]
+        if st:
+            ax.plot(*zip(*st, strict=True), ls=":", lw=0.8, color="k", alpha=0.6)
     ax.set_xlabel("song time (s)")
     ax.set_ylabel("input-to-output latency (ms)")
-    ax.set_title("live through JACK: measured latency per 1 s window (dots), stated total "
-                 f"(dotted)\n{describe(result['machine'])}", fontsize=9)
+    ax.set_title("live through JACK: measured latency per 1 s window (dots), live's stated "
+                 f"total then (black dotted)\n{describe(result['machine'])}", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()

@@ -3,11 +3,11 @@
 Threads and what they own:
 - the PortAudio capture callback: copies its frames into a FrameRing and records
   (device position, frames) in a MetaRing; nothing else (no lock, no allocation);
-- the event loop: drains that ring every POLL_S, converts channels and rate (python-soxr,
-  allocating freely here), cuts blocks, timestamps them by device position (so frames the
-  ring had to drop leave a gap in the timestamps, and the server conceals them, rather
-  than compressing time), sends AUDIO (and parity), and hands every STEM block it receives
-  to the playout thread through a BlockRing;
+- the event loop: drains that ring every POLL_S, converts channels and rate
+  (udp_client.resample: smooth output, stated delay), cuts blocks, timestamps them by
+  device position (so frames the ring had to drop leave a gap in the timestamps, and the
+  server conceals them, rather than compressing time), sends AUDIO (and parity), and hands
+  every STEM block it receives to the playout thread through a BlockRing;
 - the playout thread: owns the JitterBuffer (one clock for all stems, fixed or adaptive),
   mixes the monitored stems, resamples to the device rate and keeps the output FrameRing
   topped up to OUT_LEVEL device periods;
@@ -44,6 +44,7 @@ from stemlink.udp_client.core import ClientCore, ClientError, Pong, StemBlock
 from stemlink.udp_client.jitter import JitterBuffer, JitterConfig
 from stemlink.udp_client.latency import LatencyAccount
 from stemlink.udp_client.mix import default_mix, parse_mix
+from stemlink.udp_client.resample import StreamResampler
 from stemlink.udp_client.rings import BlockRing, FrameRing, MetaRing
 from stemlink.udp_client.transport import connect
 from stemlink.wire import packets as pk
@@ -125,10 +126,7 @@ class Uplink:
     def _resampler(self):
         if self.device_rate == self.model_rate:
             return None
-        import soxr
-
-        return soxr.ResampleStream(self.device_rate, self.model_rate, self.channels,
-                                   dtype="float32")
+        return StreamResampler(self.device_rate, self.model_rate, self.channels)
 
     def feed(self, pos: int, frames: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """frames [n, in_channels] captured at device position pos."""
@@ -141,11 +139,12 @@ class Uplink:
             self.gaps += 1
             self.gap_blocks += skip
             self._pending = np.zeros((self.channels, 0), np.float32)
-            self._rs = self._resampler()
+            if self._rs is not None:  # a new stream of input starts after the gap
+                self._rs.reset()
         self._next_pos = pos + frames.shape[0]
         x = aio.to_channels(np.ascontiguousarray(frames.T), self.channels)
         if self._rs is not None:
-            x = self._rs.resample_chunk(x.T).T
+            x = self._rs.process(x)
         if self.first_signal is None and x.size:  # where sound first came in, media time
             loud = np.flatnonzero(np.max(np.abs(x), axis=0) > SIGNAL_THRESHOLD)
             if loud.size:
@@ -189,9 +188,7 @@ class Playout:
         self._tmp = np.zeros((channels, block), np.float32)
         self._rs = None
         if device_rate != model_rate:
-            import soxr
-
-            self._rs = soxr.ResampleStream(model_rate, device_rate, channels, dtype="float32")
+            self._rs = StreamResampler(model_rate, device_rate, channels)
 
     # ---------------------------------------------------------------- network thread
     def offer(self, h: pk.Header, data: bytes, now_ns: int) -> None:
@@ -221,7 +218,7 @@ class Playout:
                 self._mix += self._tmp
             blk = self._mix
             if self._rs is not None:
-                blk = self._rs.resample_chunk(blk.T).T
+                blk = self._rs.process(blk)
             frames = np.ascontiguousarray(aio.to_channels(blk, self.out_channels).T)
             if frames.shape[0] and not self.out.write(frames):
                 break
@@ -318,6 +315,10 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
             time.sleep(SERVICE_S)
 
     def stated(now: float) -> float:
+        """Once playout runs, the account's figure on the device clock (the latest
+        playback callback's); before, an estimate from the parts."""
+        if account.last_samples is not None:
+            return account.ms(account.last_samples)
         rtt = stats["rtt_ms"][-1] if stats["rtt_ms"] else 0.0
         return d_ms + acc.reorder_ms + rtt / 2 + po.latency_ms(now) + 1000 * POLL_S
 

@@ -880,6 +880,16 @@ def live(server, input_device, output_device, monitor, preset, jitter, jitter_bl
                    f"{stats['capture_gaps']}), playback underruns "
                    f"{stats['playback_underruns']}; client CPU {stats['cpu_percent']:.1f} % "
                    f"of a core; stated end-to-end latency {stats['stated_latency_ms']:.1f} ms")
+        lat = stats["latency"]
+        over = lat.get("over_time", {}).get("total_ms") or []
+        if over:
+            from stemlink.percentiles import summarize
+
+            q = summarize(over, (1, 50, 99))
+            every = 1000 * lat["over_time"]["every_frames"] / lat["device_rate"]
+            click.echo(f"input-to-output latency over the run (device clock, every "
+                       f"{every:.0f} ms): p50 {q['p50']:.1f} ms, p1 {q['p1']:.1f}, "
+                       f"p99 {q['p99']:.1f}")
         xr = stats["xruns"]
         click.echo("device xruns: " + ", ".join(f"{k} {v}" for k, v in xr.items()))
         if stats_path:
