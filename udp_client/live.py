@@ -266,11 +266,16 @@ async def run_live(server: tuple[str, int], input_device, output_device, monitor
     `devices` is the sounddevice module, or an object with the same
     query_devices/InputStream/OutputStream/PortAudioError shape."""
     sd = devices if devices is not None else _sounddevice()
-    try:
-        dev_in = sd.query_devices(input_device, "input")
-        dev_out = sd.query_devices(output_device, "output")
-    except (ValueError, sd.PortAudioError) as e:
-        raise ClientError(f"sound device problem: {e}") from None
+    picked = {}
+    for kind, dev in (("input", input_device), ("output", output_device)):
+        try:
+            picked[kind] = sd.query_devices(dev, kind)
+        except (ValueError, sd.PortAudioError) as e:
+            which = ("no default " + kind + " device" if dev is None
+                     else f"{kind} device {dev!r} cannot be used ({e})")
+            raise ClientError(f"{which}: pick one with --{kind}-device N|NAME (`stemlink "
+                              f"devices` lists them)") from None
+    dev_in, dev_out = picked["input"], picked["output"]
     rate = int(dev_in["default_samplerate"])
     in_ch = min(int(dev_in["max_input_channels"]), 2)
     out_ch = min(int(dev_out["max_output_channels"]), 2)

@@ -184,6 +184,13 @@ async def send_file(opts: SendOptions) -> SendReport:
             if tick is not None:
                 tick.cancel()
                 await asyncio.gather(tick, return_exceptions=True)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # Ctrl-C (asyncio cancels the task) or SIGINT: tell the server now rather than
+        # leaving the session to its idle timeout
+        if not state.ended:
+            proto.send(core.bye(time.monotonic()))
+        raise
+    else:
         proto.send(core.bye(time.monotonic()))
     finally:
         proto.transport.close()
