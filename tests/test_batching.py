@@ -169,3 +169,22 @@ def test_reports_reach_the_loop_in_order_per_session(engine, batch_engine, clips
           and ev.header.stem == 0]
     assert ts == sorted(ts) and len(ts) == clips[0].shape[1] // B
     assert not any(isinstance(r, Output) for r in rig.reports)  # all delivered
+
+
+def test_more_cpu_workers_than_cores_is_said_at_start(model_dir):
+    """`serve --workers N` above the core count starts (it is allowed) but says what it
+    costs, in a line of its own; at the core count it says nothing."""
+    import os
+
+    from stemlink.udp_server.server import ServeOptions, Server
+
+    cores = os.cpu_count() or 1
+    for workers, warned in ((cores + 1, True), (1, False)):
+        srv = Server(ServeOptions(str(model_dir), "127.0.0.1", 0, workers=workers))
+        try:
+            lines = srv.warnings()
+            assert any("share the cores" in w for w in lines) is warned, lines
+            assert len(srv._backends) == workers
+        finally:
+            srv.sock.close()
+            srv._close_backends()

@@ -299,6 +299,16 @@ class Server:
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def warnings(self) -> list[str]:
+        """Lines an operator should read at start (also logged)."""
+        out = [self.open_warning] if self.open_warning else []
+        cores = os.cpu_count() or 1
+        if self.opts.backend == "cpu" and self.opts.workers > cores:
+            out.append(f"warning: --workers {self.opts.workers} on {cores} CPU core(s): the "
+                       f"workers share the cores (one ONNX Runtime thread each) and each "
+                       f"session runs slower than with --workers {cores}")
+        return out
+
     def describe(self) -> str:
         cfg = self.engine.config(self.opts.preset, synthesis_hop=self.opts.synthesis_hop,
                                  mask_hold=self.opts.mask_hold)
@@ -340,8 +350,8 @@ class Server:
         if self.metrics is not None:
             worker.observe = self.metrics.observer()
             self.metrics.start()
-        if self.open_warning:
-            log.warning(self.open_warning)
+        for line in self.warnings():
+            log.warning(line)
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop.set)

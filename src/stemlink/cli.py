@@ -702,8 +702,8 @@ def serve(model, host, port, backend, preset, synthesis_hop, mask_hold, max_sess
                                   batch_delay_us=batch_delay_us))
     except OSError as e:
         raise StemlinkError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    if srv.open_warning:
-        click.echo(srv.open_warning, err=True)
+    for line in srv.warnings():
+        click.echo(line, err=True)
     click.echo(srv.describe(), err=True)
     run_loop(srv.run(install_signals=True))
 
