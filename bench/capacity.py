@@ -85,9 +85,8 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
                         "server_cpu_cores": (procs.cpu_seconds(child.proc.pid) - cpu0) / secs,
                     })
                     if progress:  # steps of the ramp, all runs; it may stop early
-                        i = run_i
-                        progress((i + 1) * max_clients if missed else i * max_clients + n,
-                                 len(runs) * max_clients)
+                        progress((run_i + 1) * max_clients if missed
+                                 else run_i * max_clients + n, len(runs) * max_clients)
                     if missed:
                         break
             finally:

@@ -107,8 +107,7 @@ class OrtBackend:
         self.threads = threads if threads else max(1, min(os.cpu_count() or 1, 8))
         self.spin = spin
         self._session = None
-        self._binding = None
-        self._bindings: list = []
+        self._bindings: list = []  # [n - 1]: runs slots 0..n-1
         self._views: list = []
         self.inputs = np.empty((0,), np.float32)
         self.outputs = np.empty((0,), np.float32)
@@ -139,13 +138,13 @@ class OrtBackend:
                                 self.outputs.ctypes.data)
             self._views.append(view)
             self._bindings.append(binding)
-        self._session, self._binding = sess, self._bindings[-1]
+        self._session = sess
         self.infer()  # warm-up: first run pays for kernel selection and arena growth
 
     def infer(self) -> np.ndarray:
         if self._session is None:
             raise EngineError("backend is not active")
-        self._session.run_with_iobinding(self._binding)
+        self._session.run_with_iobinding(self._bindings[-1])
         return self.outputs
 
     def infer_first(self, n: int) -> np.ndarray:
@@ -158,7 +157,6 @@ class OrtBackend:
         return self.outputs
 
     def deactivate(self) -> None:
-        self._binding = None
         self._bindings, self._views = [], []
         self._session = None
         self.inputs = np.empty((0,), np.float32)

@@ -251,10 +251,14 @@ class StreamingSeparator:
         """block: float32 [C, n] -> view [S, C, n] valid until the next call."""
         self.begin(block)
         while not self.run():
-            self.stage(self.backend.inputs[self.slot])
-            self.backend.infer()
-            self.resume(self.backend.outputs[self.slot])
+            self.infer_alone()
         return self.result()
+
+    def infer_alone(self) -> None:
+        """Run the due inference on this stream's own backend slot: a batch of one."""
+        self.stage(self.backend.inputs[self.slot])
+        self.backend.infer()
+        self.resume(self.backend.outputs[self.slot])
 
     # A block can also be processed in steps, so that one caller can gather the windows
     # due in many streams into one batched inference (the server's batching worker):

@@ -90,10 +90,7 @@ class Stream:
         steps = self.steps(job, now)
         try:
             while True:
-                sep = next(steps)
-                sep.stage(sep.backend.inputs[sep.slot])
-                sep.backend.infer()
-                sep.resume(sep.backend.outputs[sep.slot])
+                next(steps).infer_alone()
         except StopIteration as done:
             return done.value
 

@@ -242,10 +242,7 @@ class Worker:
         try:
             if self.backend is None:  # one window, on the stream's own backend slot
                 (r,) = batch
-                sep = r.stream.sep
-                sep.stage(sep.backend.inputs[sep.slot])
-                sep.backend.infer()
-                sep.resume(sep.backend.outputs[sep.slot])
+                r.stream.sep.infer_alone()
             else:
                 be = self.backend
                 for i, r in enumerate(batch):
