@@ -33,9 +33,12 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
                    mask_hold: int | None = None,
                    progress: Callable[[int, int], None] | None = None,
                    workers: tuple[int, ...] = (1,), batch: int | None = None,
-                   batch_delay_us: float | None = None) -> dict:
+                   batch_delay_us: float | None = None,
+                   counts: list[int] | None = None) -> dict:
     """Each backend x worker count is one server (`serve --workers W [--batch B]
-    [--batch-delay-us U]`), ramped from 1 client up to the first step that misses."""
+    [--batch-delay-us U]`), ramped from 1 client up to the first step that misses; or,
+    with `counts`, run at each of those client counts whatever the misses (every step
+    is reported; the capacity is the largest count below the first step that missed)."""
     from stemlink.bench.latency import deadline_ms
     from stemlink.engine import families
     from stemlink.engine.card import load_card
@@ -69,7 +72,7 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
                                           max_sessions=max_clients, extra=extra)
             steps = []
             try:
-                for n in range(1, max_clients + 1):
+                for n in counts or range(1, max_clients + 1):
                     cpu0 = procs.cpu_seconds(child.proc.pid)
                     reps = run_clients(tmp / "bench.wav", port, preset, n, budget_ms,
                                        synthesis_hop, mask_hold)
@@ -77,6 +80,11 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
                     missed = sum(r.late + r.lost for r in reps)
                     steps.append({
                         "clients": n, "missed": int(missed),
+                        "late": int(sum(r.late for r in reps)),
+                        "lost": int(sum(r.lost for r in reps)),
+                        # media seconds of the misses, per client (where they fell)
+                        "late_at_s": [r.late_at_s for r in reps],
+                        "lost_at_s": [r.lost_at_s for r in reps],
                         "blocks": int(sum(r.expected for r in reps)),
                         "turnaround_p99_ms": max(r.turnaround_ms.get("p99", float("nan"))
                                                  for r in reps),
@@ -87,11 +95,15 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
                     if progress:  # steps of the ramp, all runs; it may stop early
                         progress((run_i + 1) * max_clients if missed
                                  else run_i * max_clients + n, len(runs) * max_clients)
-                    if missed:
+                    if missed and not counts:
                         break
             finally:
                 child.stop()
-            ok = [s["clients"] for s in steps if s["missed"] == 0]
+            ok = []
+            for st in steps:  # below the first step that missed
+                if st["missed"]:
+                    break
+                ok.append(st["clients"])
             results[label] = {"backend": backend, "workers": n_workers,
                               "server_flags": " ".join(extra),
                               "preset": preset, "H": cfg.hop_frames, "budget_ms": budget_ms,

@@ -73,10 +73,13 @@ class Child:
 
 def stemlink_server(model: str, port: int, preset: str, backend: str, stats: Path,
                     max_sessions: int = 64, extra: list[str] | None = None) -> Child:
-    """extra: more `serve` flags (workers, batching)."""
+    """extra: more `serve` flags (workers, batching). Every benchmark client comes from
+    127.0.0.1: the per-address cap is lifted to max_sessions."""
     return Child(["-m", "stemlink", "serve", "--model", model, "--port", str(port),
                   "--preset", preset, "--backend", backend, "--max-sessions",
-                  str(max_sessions), "--log-level", "warning", "--compute-stats", str(stats),
+                  str(max_sessions), "--sessions-per-address", str(max_sessions),
+                  "--handshake-rate", "1000", "--handshake-burst", str(max(16, 4 * max_sessions)),
+                  "--log-level", "warning", "--compute-stats", str(stats),
                   *(extra or [])],
                  "stemlink serving", stats)
 

@@ -152,6 +152,13 @@ class OrtCudaBackend:
             self.deactivate()
             raise
 
+    def warm_thread(self) -> None:
+        """Warm up on the calling thread: ORT's CUDA EP counts runs and captures its CUDA
+        graph per thread, so a worker thread that serves this backend does it once at
+        start-up (under the worker's lock) rather than during its first session."""
+        for _ in range(WARMUP_RUNS):
+            self.infer()
+
     def _run_plan(self, plan: list[copyplan.Copy]) -> None:
         kinds = {copyplan.H2D: 1, copyplan.D2H: 2, copyplan.D2D: 3}
         for c in plan:

@@ -282,6 +282,28 @@ def test_input_beyond_twice_the_rate_is_dropped_archival_is_not():
     assert sess2.counters["audio"] == n and sess2.budget is None
 
 
+def test_redundancy_doubles_the_input_bound_with_the_uplinks_parity():
+    """With redundancy the client sends a parity after every block: a real-time session
+    at real time passes whole, and the bound stays twice its negotiated datagram rate."""
+    s = keyed_server()
+    c, sess = established(s, features=int(Features.REDUNDANCY))
+    rate = 44100 / 256
+    n = int(4 * rate)  # four seconds at real time: 2n datagrams
+    for k in range(n):
+        for d in c.audio_datagrams(BLOCK, k * 256, 0):
+            s.receive_datagram(d, ADDR, 101.0 + k / rate)
+        s.take_messages()
+    assert sess.counters["input_rate"] == 0 and sess.counters["audio"] == n
+    m = int(10 * rate)  # then ten times real time for one second
+    for k in range(n, n + m):
+        for d in c.audio_datagrams(BLOCK, k * 256, 0):
+            s.receive_datagram(d, ADDR, 101.0 + n / rate + (k - n) / m)
+        s.take_messages()
+    # twice the 2 x block rate, plus its 2 s burst, all within 2 datagrams
+    assert sess.counters["input_rate"] == pytest.approx(2 * m - (2 * 2 * rate) * (1 + 2.0),
+                                                        abs=3)
+
+
 def test_token_bucket_refills_at_its_rate():
     b = TokenBucket(rate=2.0, burst=3, now=0.0)
     assert [b.take(0.0) for _ in range(4)] == [True, True, True, False]

@@ -34,7 +34,7 @@ from stemlink.wire.constants import (
     PacketType,
     SampleFormat,
 )
-from stemlink.wire.redundancy import RedundancyDecoder, RedundancyEncoder
+from stemlink.wire.redundancy import UPLINK, RedundancyDecoder, RedundancyEncoder
 from stemlink.wire.seq import ReplayWindow
 
 NO_ANSWER = ("no answer from the server (is it running, are the address and port right, "
@@ -197,7 +197,7 @@ class ClientCore:
                     raise pk.WireError("bad-stem-block")
                 dec = self._fec_down[h.stem] = RedundancyDecoder(h.frames)
             out = []
-            for h2, body in dec.feed(h, pk.payload(data, h), now):
+            for h2, body in dec.feed(h, pk.payload(data, h)):
                 if h2 is h:
                     out.append(StemBlock(h, data))
                 else:  # repaired: a datagram-shaped copy so read_media() reads it alike
@@ -255,7 +255,10 @@ class ClientCore:
                         Rejected(0, "the server does not offer encryption (it needs the "
                                     "`cryptography` package: pip install 'stemlink[server]')")]
             if self.redundancy:
-                self._fec_up = RedundancyEncoder(acc.block_frames, self._writer.payload_len)
+                # the uplink is covered twice: an input block lost beyond repair costs
+                # more than a stem block (wire.redundancy)
+                self._fec_up = RedundancyEncoder(acc.block_frames, self._writer.payload_len,
+                                                 UPLINK)
             return [Accepted(acc, h.session)]
         if t is PacketType.ERROR:
             err = pk.decode_error(body)
@@ -275,22 +278,21 @@ class ClientCore:
 
     def audio_datagrams(self, block: np.ndarray, timestamp: int, now_ns: int,
                         flags: int = 0) -> list[bytes]:
-        """The AUDIO datagram for a block, and after every second block (redundancy
-        granted) the parity datagram of the pair."""
+        """The AUDIO datagram for a block, and (redundancy granted) the parity
+        datagrams due after it: one per block, two after the last (wire.redundancy)."""
         d = self.audio(block, timestamp, now_ns, flags)
         if self._fec_up is None:
             return [d]
-        par = self._fec_up.add(timestamp, memoryview(d)[HEADER_SIZE:HEADER_SIZE +
-                                                        self._writer.payload_len],
-                               bool(flags & Flags.LAST))
-        if par is None:
-            return [d]
-        ts, body, pflags = par
+        out = [d]
         w = self._writer
-        p = pk.encode(pk.Header(PacketType.AUDIO, pflags, self.session, self.seq, ts, now_ns,
-                                w.frames, w.channels, w.format), body, self.key)
-        self.seq = (self.seq + 1) & 0xFFFFFFFF
-        return [d, p]
+        for ts, body, pflags in self._fec_up.add(
+                timestamp, memoryview(d)[HEADER_SIZE:HEADER_SIZE + w.payload_len],
+                bool(flags & Flags.LAST)):
+            out.append(pk.encode(pk.Header(PacketType.AUDIO, pflags, self.session, self.seq,
+                                           ts, now_ns, w.frames, w.channels, w.format),
+                                 body, self.key))
+            self.seq = (self.seq + 1) & 0xFFFFFFFF
+        return out
 
     def _control(self, t: PacketType, body: bytes, now: float) -> bytes:
         # PING and BYE share the client's control stream: seq +1 each (replay window)

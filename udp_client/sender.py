@@ -32,6 +32,7 @@ from stemlink.wire import packets as pk
 from stemlink.wire.constants import PRESET_NAMES, Features, Flags, SampleFormat
 
 AFAP_WINDOW = 32  # blocks in flight when not pacing in real time
+MISSES_LISTED = 32  # late and lost blocks whose media time a report lists
 LOSS_WARN_FRACTION = 0.05  # more stem blocks lost than this: the summary warns
 
 
@@ -106,6 +107,10 @@ class SendReport:
     synthesis_hop: int = 0  # m the server chose, samples
     mask_hold: int = 1  # k the server chose
     hop_frames: int = 1  # H the server chose
+    # where the misses fell: media seconds of the first MISSES_LISTED late (turnaround over
+    # the playout budget) and lost stem blocks (benchmarks diagnose from these)
+    late_at_s: list = field(default_factory=list)
+    lost_at_s: list = field(default_factory=list)
 
     @property
     def period(self) -> int:
@@ -473,7 +478,14 @@ class _Receiver:
         arrival = self.arrival_ns
         turnaround = (arrival - self.send_ns[None, :]) / 1e6  # per stem block, ms
         # lateness and latency mean something only when blocks leave at the audio rate
-        late = int(np.sum(turnaround > opts.jitter_ms)) if opts.realtime else 0
+        late_mask = (turnaround > opts.jitter_ms) if opts.realtime else np.zeros(
+            turnaround.shape, bool)
+        late = int(np.sum(late_mask))
+        rate = acc.sample_rate
+
+        def media_s(mask: np.ndarray) -> list[float]:  # (stem, block) -> block start, s
+            ks = np.nonzero(mask.any(axis=0))[0][:MISSES_LISTED]
+            return [round(float(k) * b / rate, 4) for k in ks]
         # end-to-end per input block: its output samples [kb + D, kb + D + b) complete
         lat = []
         for k in range(-(-n // b)):
@@ -496,6 +508,7 @@ class _Receiver:
             turnaround_ms=summarize(turnaround.ravel()), block_latency_ms=lat,
             dropped=dropped, synthesis_hop=acc.synthesis_hop, mask_hold=acc.mask_hold,
             hop_frames=acc.hop_frames,
+            late_at_s=media_s(late_mask), lost_at_s=media_s(np.isnan(arrival)),
         )
 
 

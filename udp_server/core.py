@@ -59,7 +59,7 @@ from stemlink.wire.constants import (
     PacketType,
     SampleFormat,
 )
-from stemlink.wire.redundancy import RedundancyDecoder
+from stemlink.wire.redundancy import UPLINK, RedundancyDecoder, datagrams_per_block
 from stemlink.wire.seq import ReplayWindow, seq_diff, seq_gt
 
 log = logging.getLogger("stemlink.server")
@@ -445,9 +445,10 @@ class ServerCore:
                     ReorderBuffer(hello.block_frames, wait_s, horizon),
                     MediaClock(self.sample_rate), playout_s)
         s.rx_key = keys.c2s
-        s.budget = self.limits.input_budget(self.sample_rate, hello.block_frames,
-                                            hello.playout_ms != pk.ARCHIVAL, now)
         redundancy = bool(hello.features & self.features & Features.REDUNDANCY)
+        s.budget = self.limits.input_budget(self.sample_rate, hello.block_frames,
+                                            hello.playout_ms != pk.ARCHIVAL, now,
+                                            datagrams_per_block(UPLINK) if redundancy else 1.0)
         if redundancy:  # repaired blocks join the reorder window like arrivals
             s.fec_in = RedundancyDecoder(hello.block_frames)
         self.messages.append(OpenStream(Stream(
@@ -538,7 +539,7 @@ class ServerCore:
                                         "AUDIO timestamp is not a multiple of the block")
         s.last_rx = now
         if s.fec_in is not None:  # redundancy: parity repairs single losses (wire.redundancy)
-            for h2, body in s.fec_in.feed(h, pk.payload(data, h), now):
+            for h2, body in s.fec_in.feed(h, pk.payload(data, h)):
                 repaired = h2 is not h
                 if repaired:
                     s.counters["repaired"] += 1

@@ -82,10 +82,12 @@ class Limits:
             return "per-address"
         return None
 
-    def input_budget(self, sample_rate: int, block: int, realtime: bool,
-                     now: float) -> TokenBucket | None:
-        """The session's input bucket, or None (no clock bound: archival sessions)."""
+    def input_budget(self, sample_rate: int, block: int, realtime: bool, now: float,
+                     datagrams_per_block: float = 1.0) -> TokenBucket | None:
+        """The session's input bucket, or None (no clock bound: archival sessions).
+        datagrams_per_block: AUDIO datagrams the negotiated session sends per block (2 with
+        redundancy: a parity after every block)."""
         if not realtime:
             return None
-        rate = self.config.input_factor * sample_rate / block
+        rate = self.config.input_factor * datagrams_per_block * sample_rate / block
         return TokenBucket(rate, max(rate * self.config.input_burst_s, 8.0), now)

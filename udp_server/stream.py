@@ -32,7 +32,7 @@ from stemlink.conceal import DEFAULT_METHOD, Concealer
 from stemlink.udp_server.ring import InputRing
 from stemlink.wire import packets as pk
 from stemlink.wire.constants import HEADER_SIZE, Flags, PacketType, SampleFormat
-from stemlink.wire.redundancy import RedundancyEncoder
+from stemlink.wire.redundancy import DOWNLINK, RedundancyEncoder
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +63,9 @@ class Stream:
         self.reach = getattr(separator.latency, "reach", None) or separator.card.n_fft
         self.writer = pk.MediaWriter(block, channels, fmt)
         self.stem_seq = [0] * n_stems
-        # redundancy granted: a parity datagram per stem after every pair (wire.redundancy)
-        self.fec = ([RedundancyEncoder(block, self.writer.payload_len)
+        # redundancy granted: a parity datagram per stem after every pair (wire.redundancy:
+        # what it cannot repair, the client rebuilds from the mixture)
+        self.fec = ([RedundancyEncoder(block, self.writer.payload_len, DOWNLINK)
                      for _ in range(n_stems)] if redundancy else None)
         self.conceal = Concealer(channels, block, DEFAULT_METHOD, sample_rate)
         self._in = np.zeros((channels, block), np.float32)
@@ -182,16 +183,15 @@ class Stream:
     def _parity(self, k: int, d: bytes, ts: int, flags: int, sent_ns: int,
                 out: list[bytes]) -> None:
         w = self.writer
-        par = self.fec[k].add(ts, memoryview(d)[HEADER_SIZE:HEADER_SIZE + w.payload_len],
-                              bool(flags & Flags.LAST))
-        if par is None:
-            return
-        pts, body, pflags = par
-        out.append(pk.encode(pk.Header(PacketType.STEM, pflags | (flags & Flags.CONCEALED),
-                                       self.session, self.stem_seq[k], pts, sent_ns,
-                                       w.frames, w.channels, w.format, k), body, self.key))
-        self.stem_seq[k] = (self.stem_seq[k] + 1) & 0xFFFFFFFF
-        self.counters["parity_packets"] += 1
+        for pts, body, pflags in self.fec[k].add(
+                ts, memoryview(d)[HEADER_SIZE:HEADER_SIZE + w.payload_len],
+                bool(flags & Flags.LAST)):
+            out.append(pk.encode(pk.Header(PacketType.STEM, pflags | (flags & Flags.CONCEALED),
+                                           self.session, self.stem_seq[k], pts, sent_ns,
+                                           w.frames, w.channels, w.format, k), body,
+                                 self.key))
+            self.stem_seq[k] = (self.stem_seq[k] + 1) & 0xFFFFFFFF
+            self.counters["parity_packets"] += 1
 
     def snapshot(self) -> dict:
         c = dict(self.counters)

@@ -105,6 +105,9 @@ class _Running:
         self.stream, self.steps, self.ns, self.since = stream, steps, 0, since
 
 
+_WARM_LOCK = threading.Lock()  # start-up only: one backend warms (captures) at a time
+
+
 class Worker:
     def __init__(self, report: Callable[[list[Report]], None],
                  clock: Callable[[], float] = time.monotonic, backend: Any = None,
@@ -134,9 +137,12 @@ class Worker:
         self.batches = 0  # inferences run, and the windows they carried
         self.batched_windows = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._warm = threading.Event()
 
     def start(self) -> None:
+        """Start the thread; return once its backend is warm on it (no session yet)."""
         self._thread.start()
+        self._warm.wait()
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -295,6 +301,16 @@ class Worker:
 
     # ------------------------------------------------------------------ thread
     def _run(self) -> None:
+        # ONNX Runtime's CUDA EP keeps its CUDA graph per thread: warm the backend on this
+        # thread before any session, one worker at a time (a graph capture fails if another
+        # thread touches CUDA meanwhile; seen with --workers 4 on an H200)
+        warm = getattr(self.backend, "warm_thread", None)
+        try:
+            if warm is not None:
+                with _WARM_LOCK:
+                    warm()
+        finally:
+            self._warm.set()
         while True:
             wait = self.wait_time(self.clock())
             if not self._take(wait):

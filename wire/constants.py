@@ -33,7 +33,7 @@ class PacketType(IntEnum):
 class Flags(IntFlag):
     NONE = 0
     CONCEALED = 1  # samples in this block were (partly) concealed, not measured
-    REDUNDANT = 2  # the payload also carries the previous block (reserved in v1)
+    REDUNDANT = 2  # a parity datagram: XOR of two blocks' payloads (wire.redundancy)
     LAST = 4  # the sender's final block of the stream
 
 
@@ -41,7 +41,7 @@ class Features(IntFlag):
     """Optional features a client asks for in HELLO; ACCEPT echoes the ones granted."""
 
     NONE = 0
-    REDUNDANCY = 1  # media packets also carry redundant data to repair single losses
+    REDUNDANCY = 1  # parity datagrams both ways, repairing losses (wire.redundancy)
     ENCRYPT = 2  # AEAD on every session payload
 
 

@@ -1,219 +1,194 @@
-"""Redundancy for media streams: XOR parity over pairs of blocks, sans-IO.
+"""Redundancy for media streams: XOR parity over adjacent blocks, sans-IO.
 
-Scheme (Features.REDUNDANCY, both directions, per stream: AUDIO up, each stem down):
-blocks pair up by timestamp, pair p = the blocks with ts // frames in {2p, 2p + 1}. Right
-after the second block of a pair (or after a lone first block flagged LAST) the sender
-sends one parity datagram: same type, stem, frames, channels and format, flags
-REDUNDANT (| LAST when it covers a lone block), timestamp = the pair's first block, its own
-sequence number, payload = byte-wise XOR of the two payloads (a lone block: a copy).
+A parity datagram has its stream's type, stem, frames, channels and format, flags
+REDUNDANT (| LAST when it covers the stream's final block alone), timestamp = the first
+block it covers, its own sequence number, and payload = the byte-wise XOR of the payloads
+of the blocks at `timestamp` and `timestamp + frames` (a lone block: a copy). It is
+exactly as large as a media datagram (<= 1076 B with MAX_PAYLOAD = 1024), so nothing is
+piggy-backed and nothing can outgrow 1200 B at any block size.
 
-- Recovers any single loss among the three datagrams exactly (bit for bit), at every
-  block size: a parity datagram is exactly as large as a media datagram (<= 1076 B with
-  MAX_PAYLOAD = 1024), so nothing is piggy-backed and nothing can outgrow 1200 B.
-- Overhead: one datagram per two blocks, +50 % bytes and packets per stream.
-- Delay: a lost second block is repaired by the parity right behind it (~0); a lost first
-  block one block interval after it was due (5.8 ms at 256 frames, 2.9 ms at 128), plus
-  the network. A receiver that consumes in order (the server's input) waits, only while a
-  block is missing, until the parity comes or a block of the pair after next arrives (at
-  most `max_hold`, 20 ms).
+Two layouts (Features.REDUNDANCY grants both; one decoder reads either):
 
-The receiver's `RedundancyDecoder` works with any arrival order, duplicates and
-sequence numbers crossing 2^32 (it keys on timestamps).
+- `PAIRS`, for each stem down: blocks pair up by timestamp (ts // frames in {2p, 2p + 1});
+  one parity right after the second block of each pair. +50 % datagrams and bytes.
+  Any single loss among a pair's three datagrams is repaired exactly. What it cannot
+  repair the client rebuilds from the mixture it sent (the stems add up to it).
+- `CHAIN`, for the AUDIO up: one parity over (k - 1, k) right after every block k, so
+  every block is covered twice. +100 % datagrams and bytes. It repairs every single loss
+  and every double loss (except a run's first block together with its one parity), and a
+  block is lost for good only with about three losses around it (~4p^3 per block at
+  independent loss p, against ~2p^2 for pairs: 0.05 % instead of 0.5 % at p = 5 %).
+  The uplink gets the stronger layout because an input block lost beyond repair costs
+  more than a stem block: the server conceals it before the model sees it, and the wrong
+  masks of every window whose frames reach it spread the error over ~100 ms of both stems
+  where they still add up to the true mixture, so the client can neither see nor repair
+  it (measured: docs/BENCHMARKS.md, "Loss and concealment").
+
+Delay: a lost block whose predecessor arrived is repaired by the parity right behind it
+(~0, both layouts); otherwise one block interval later (5.8 ms at 256 frames, 2.9 ms at
+128), plus the network: the server's input reorder window (10 ms) and the client's
+playout buffer cover it.
+
+The receiver's `RedundancyDecoder` is a peeling decoder over both layouts: any parity with
+exactly one of its blocks missing yields that block, which may complete the next parity.
+It works with any arrival order, duplicates and sequence numbers crossing 2^32 (it keys on
+timestamps).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import enum
+from dataclasses import replace
 
 import numpy as np
 
 from stemlink.wire.constants import Flags
 from stemlink.wire.packets import Header
 
-WINDOW_PAIRS = 64  # pairs remembered by a decoder (64 x 2 x 256 frames = 743 ms)
+WINDOW_BLOCKS = 128  # blocks (and parities) a decoder remembers (128 x 256 frames = 743 ms)
+
+
+class Layout(enum.IntEnum):
+    """Which adjacent pairs get a parity: value = the stride between parities."""
+    CHAIN = 1  # (k - 1, k) for every k: every block covered twice, +100 %
+    PAIRS = 2  # (2p, 2p + 1): every block covered once, +50 %
+
+
+UPLINK = Layout.CHAIN  # AUDIO, client to server
+DOWNLINK = Layout.PAIRS  # each stem, server to client
+
+
+def datagrams_per_block(layout: Layout) -> float:
+    """Media plus parity datagrams per block of a long stream."""
+    return 1.0 + 1.0 / layout.value
+
+
+Parity = tuple[int, bytes, int]  # (timestamp of the first block covered, payload, flags)
 
 
 class RedundancyEncoder:
-    """One stream's parity builder. `add(ts, payload, last)` after each media datagram;
-    it returns (pair timestamp, parity payload, flags) when a parity datagram is due."""
+    """One stream's parity builder. `add(ts, payload, last)` after each media datagram
+    returns the parity datagrams due now (none, one, or two at the end of a chain)."""
 
-    def __init__(self, frames: int, payload_len: int) -> None:
+    def __init__(self, frames: int, payload_len: int, layout: Layout = Layout.PAIRS) -> None:
         self.frames = frames
-        self._first = np.zeros(payload_len, np.uint8)
+        self.layout = layout
+        self._prev = np.zeros(payload_len, np.uint8)
         self._parity = np.zeros(payload_len, np.uint8)
-        self._first_ts = -1
+        self._prev_ts = -1
         self.parities = 0
 
-    def add(self, ts: int, payload: bytes | memoryview, last: bool = False
-            ) -> tuple[int, bytes, int] | None:
+    def add(self, ts: int, payload: bytes | memoryview, last: bool = False) -> list[Parity]:
         k = ts // self.frames
-        pcm = np.frombuffer(payload, np.uint8, count=self._first.shape[0])
-        if k % 2 == 0:
-            np.copyto(self._first, pcm)
-            self._first_ts = ts
-            if last:  # a lone first block: its parity is a copy
-                self.parities += 1
-                return ts, self._first.tobytes(), int(Flags.REDUNDANT | Flags.LAST)
-            return None
-        if self._first_ts != ts - self.frames:  # the first block was never sent (a gap)
-            return None
-        np.bitwise_xor(self._first, pcm, out=self._parity)
-        self._first_ts = -1
-        self.parities += 1
-        return ts - self.frames, self._parity.tobytes(), int(Flags.REDUNDANT)
-
-
-@dataclass
-class _Pair:
-    data: list  # [payload | None, payload | None]
-    headers: list  # [Header | None, Header | None]
-    parity: bytes | None = None
-    parity_header: Header | None = None
-    lone: bool = False  # parity covers the first block alone (stream ended there)
-    done: list | None = None  # [delivered first, delivered second]
+        pcm = np.frombuffer(payload, np.uint8, count=self._prev.shape[0])
+        out: list[Parity] = []
+        covers_pair = self.layout is Layout.CHAIN or k % 2 == 1
+        # the block before was sent (no gap): parity over the two
+        if covers_pair and self._prev_ts == ts - self.frames:
+            np.bitwise_xor(self._prev, pcm, out=self._parity)
+            out.append((ts - self.frames, self._parity.tobytes(), int(Flags.REDUNDANT)))
+        np.copyto(self._prev, pcm)
+        self._prev_ts = ts
+        # the final block: a copy, so that it too is covered (twice in a chain)
+        if last and (self.layout is Layout.CHAIN or k % 2 == 0):
+            out.append((ts, pcm.tobytes(), int(Flags.REDUNDANT | Flags.LAST)))
+        self.parities += len(out)
+        return out
 
 
 class RedundancyDecoder:
     """Feed every media datagram of one stream (header, payload bytes); get back the
-    blocks to deliver as (header, payload): received ones and recovered ones.
+    blocks to deliver as (header, payload): received ones and recovered ones, each as
+    soon as it is here, in any order (a timestamp-indexed jitter buffer, reorder window
+    or file writer places it)."""
 
-    ordered=False: each block is returned as soon as it is received or recovered (a
-    timestamp-indexed jitter buffer or file writer places it).
-    ordered=True: blocks come out in timestamp order, gaps skipped only when they can no
-    longer be repaired (something from the next pair arrived, or `max_hold` seconds
-    passed): for a receiver that consumes in order, like the server's input."""
-
-    def __init__(self, frames: int, ordered: bool = False, max_hold: float = 0.020) -> None:
+    def __init__(self, frames: int) -> None:
         self.frames = frames
-        self.ordered = ordered
-        self.max_hold = max_hold
-        self._pairs: dict[int, _Pair] = {}
-        self._next: int | None = None  # ordered: next timestamp to deliver
-        self._newest = -1
-        self._held_since: float | None = None
+        self._blocks: dict[int, tuple[Header, bytes]] = {}  # k -> received or recovered
+        self._parities: dict[tuple[int, bool], tuple[Header, bytes]] = {}  # (k, lone)
+        self._newest = -1  # newest block index held
+        self._floor = 0  # nothing held below this block index
         self.recovered = 0
         self.parities = 0
-        self.skipped = 0  # ordered: blocks given up on (the consumer conceals them)
+        self.resets = 0  # the sender's timeline started over
 
-    def feed(self, h: Header, payload: bytes | memoryview, now: float = 0.0
-             ) -> list[tuple[Header, bytes]]:
+    def feed(self, h: Header, payload: bytes | memoryview) -> list[tuple[Header, bytes]]:
         f = self.frames
         if h.timestamp % f:
             return []
-        pi = h.timestamp // f // 2
-        slot = (h.timestamp // f) % 2
-        pair = self._pairs.get(pi)
-        if pair is not None and not h.flags & Flags.REDUNDANT and (
-                pair.data[slot] is not None or pair.done[slot]):
-            return []  # a duplicate
-        if self.ordered and self._next is not None:
-            if h.flags & Flags.REDUNDANT:
-                if (pi + 1) * 2 * f <= self._next:
-                    return []  # its pair has passed
-            elif h.timestamp < self._next:
-                # given up on already: a late block goes to the consumer, which counts it
-                return [(h, bytes(payload))]
-        if pair is None:
-            pair = self._pairs[pi] = _Pair([None, None], [None, None], done=[False, False])
-            self._evict(pi)
+        k = h.timestamp // f
+        parity = bool(h.flags & Flags.REDUNDANT)
+        lone = parity and bool(h.flags & Flags.LAST)
+        if k < self._newest - WINDOW_BLOCKS:
+            if parity:
+                return []  # far older than anything held: useless
+            self._reset()  # a data block that far back: the sender started over
         out: list[tuple[Header, bytes]] = []
-        if h.flags & Flags.REDUNDANT:
-            if pair.parity is None:
-                self.parities += 1
-                pair.parity, pair.parity_header = bytes(payload), h
-                pair.lone = bool(h.flags & Flags.LAST)
+        if parity:
+            if (k, lone) in self._parities:
+                return []  # a duplicate
+            self.parities += 1
+            self._parities[(k, lone)] = (h, bytes(payload))
+            todo = [(k, lone)]
         else:
-            pair.data[slot], pair.headers[slot] = bytes(payload), h
-            self._newest = max(self._newest, h.timestamp)
-            if not self.ordered:
-                pair.done[slot] = True
-                out.append((h, pair.data[slot]))
-        if self._next is None:
-            self._next = pi * 2 * f
-        self._repair(pi, pair, out)
-        if self.ordered:
-            self._release(out, now)
-        return out
-
-    def poll(self, now: float) -> list[tuple[Header, bytes]]:
-        """Ordered mode: give up on a block held past max_hold (call from a timer)."""
-        out: list[tuple[Header, bytes]] = []
-        if self.ordered:
-            self._release(out, now)
+            if k in self._blocks:
+                return []  # a duplicate (or already recovered)
+            self._blocks[k] = (h, bytes(payload))
+            out.append(self._blocks[k])
+            todo = [(k - 1, False), (k, False)]
+        self._newest = max(self._newest, k)
+        self._peel(todo, out)
+        self._evict()
         return out
 
     # ---------------------------------------------------------------- internals
-    def _repair(self, pi: int, pair: _Pair, out: list) -> None:
-        if pair.parity is None:
-            return
-        have = [d is not None or done for d, done in zip(pair.data, pair.done, strict=True)]
-        if pair.lone:
-            missing = [0] if not have[0] else []
-        else:
-            missing = [i for i in (0, 1) if not have[i]]
-        if len(missing) != 1:
-            return
-        m = missing[0]
-        if pair.lone:
-            data = pair.parity
-        else:
-            other = pair.data[1 - m]
-            if other is None:  # delivered and forgotten: cannot happen (kept until evicted)
-                return
-            a = np.frombuffer(pair.parity, np.uint8)
-            b = np.frombuffer(other, np.uint8)
-            data = np.bitwise_xor(a, b).tobytes()
-        ph = pair.parity_header
-        flags = int(ph.flags) & ~int(Flags.REDUNDANT)
-        if pair.lone:
-            flags |= int(Flags.LAST)
-        else:
-            flags &= ~int(Flags.LAST)
-            other_h = pair.headers[1 - m]
-            if m == 1 and other_h is not None and other_h.flags & Flags.LAST:
-                flags |= int(Flags.LAST)
-        h = replace(ph, flags=flags, timestamp=(2 * pi + m) * self.frames)
-        pair.data[m], pair.headers[m] = data, h
-        self.recovered += 1
-        self._newest = max(self._newest, h.timestamp)
-        if not self.ordered:
-            pair.done[m] = True
+    def _peel(self, todo: list[tuple[int, bool]], out: list) -> None:
+        """Solve every parity with exactly one block missing; a recovered block may
+        complete its neighbours' parities in turn."""
+        while todo:
+            key = todo.pop()
+            par = self._parities.get(key)
+            if par is None:
+                continue
+            j, lone = key
+            covered = (j,) if lone else (j, j + 1)
+            missing = [c for c in covered if c not in self._blocks]
+            if len(missing) != 1:
+                continue
+            m = missing[0]
+            ph, body = par
+            if lone:
+                data = body
+            else:
+                other = self._blocks[j + 1 if m == j else j][1]
+                data = np.bitwise_xor(np.frombuffer(body, np.uint8),
+                                      np.frombuffer(other, np.uint8)).tobytes()
+            flags = int(ph.flags) & ~int(Flags.REDUNDANT)
+            if not lone:
+                flags &= ~int(Flags.LAST)  # (a final block repaired from a pair loses it)
+            h = replace(ph, flags=flags, timestamp=m * self.frames)
+            self._blocks[m] = (h, data)
+            self.recovered += 1
+            self._newest = max(self._newest, m)
             out.append((h, data))
+            todo += [(m - 1, False), (m, False)]
 
-    def _release(self, out: list, now: float) -> None:
-        f = self.frames
-        while self._next is not None:
-            k = self._next // f
-            pair = self._pairs.get(k // 2)
-            slot = k % 2
-            if pair is not None and pair.data[slot] is not None and not pair.done[slot]:
-                pair.done[slot] = True
-                out.append((pair.headers[slot], pair.data[slot]))
-                self._next += f
-                self._held_since = None
-                continue
-            if self._newest < self._next:  # nothing beyond: all caught up
-                self._held_since = None
-                return
-            # self._next is missing and something later is held: wait for its parity
-            # until a block of the pair after next arrives (the parity was sent two blocks
-            # before it: swaps and a loss next to it are tolerated), or max_hold passes
-            if self._held_since is None:
-                self._held_since = now
-            next_pair_start = (k // 2 + 1) * 2 * f
-            if self._newest >= next_pair_start + 2 * f or now - self._held_since >= self.max_hold:
-                self.skipped += 1
-                self._next += f
-                self._held_since = None
-                continue
+    def _evict(self) -> None:
+        # amortised: forget everything WINDOW_BLOCKS behind the newest block once the
+        # span held reaches a quarter more (so at most ~1.25 x WINDOW_BLOCKS blocks and
+        # as many parities are held: ~350 KB for stereo s16 at 256 frames)
+        if self._newest - self._floor < WINDOW_BLOCKS + WINDOW_BLOCKS // 4:
             return
+        floor = self._newest - WINDOW_BLOCKS
+        for k in [k for k in self._blocks if k < floor]:
+            del self._blocks[k]
+        for key in [key for key in self._parities if key[0] < floor]:
+            del self._parities[key]
+        self._floor = floor
 
-    def _evict(self, newest_pair: int) -> None:
-        if len(self._pairs) <= WINDOW_PAIRS:
-            return
-        for p in sorted(self._pairs):
-            if len(self._pairs) <= WINDOW_PAIRS or p >= newest_pair:
-                break
-            del self._pairs[p]
-            if self._next is not None and self._next < (p + 1) * 2 * self.frames:
-                self._next = (p + 1) * 2 * self.frames  # fell out of the window
+    def _reset(self) -> None:
+        self._blocks.clear()
+        self._parities.clear()
+        self._newest = -1
+        self._floor = 0
+        self.resets += 1

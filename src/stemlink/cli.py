@@ -347,19 +347,35 @@ def bench_latency_cmd(model, against, seconds, clients, profile, seed, preset, s
               help="The server's --batch (default: the backend's).")
 @click.option("--batch-delay-us", type=click.FloatRange(0, 100000), default=None,
               help="The server's --batch-delay-us (default: the backend's).")
+@click.option("--clients", "counts", default=None, metavar="N1,N2,...",
+              help="Run exactly these client counts, each whatever the misses before "
+                   "(e.g. 1,2,4,8,16,32,64), instead of ramping 1, 2, 3, ... up to the "
+                   "first miss.")
 @click.option("--out", "out_dir", default="out/bench-capacity", show_default=True,
               type=click.Path(file_okay=False))
 @_quiet_option
 def bench_capacity_cmd(model, backends, preset, synthesis_hop, mask_hold, seconds,
-                       max_clients, workers, batch, batch_delay_us, out_dir, quiet) -> None:
+                       max_clients, workers, batch, batch_delay_us, counts, out_dir,
+                       quiet) -> None:
     """Concurrent real-time sessions with zero missed deadlines (ramped up)."""
     from stemlink.bench.capacity import available_backends, bench_capacity, render
+
+    if counts is not None:
+        raw = counts
+        try:
+            counts = sorted({int(c) for c in raw.split(",")})
+        except ValueError:
+            counts = []
+        if not counts or counts[0] < 1 or counts[-1] > 256:
+            _err(f"--clients: want client counts between 1 and 256 like 1,2,4,8 (got {raw!r})")
+            sys.exit(2)
+        max_clients = counts[-1]
 
     r = bench_capacity(model, list(backends) or available_backends(), preset, seconds,
                        max_clients, Path(out_dir), synthesis_hop, mask_hold,
                        prog.callback("bench capacity", "steps", on=prog.enabled(quiet)),
                        workers=tuple(workers) or (1,), batch=batch,
-                       batch_delay_us=batch_delay_us)
+                       batch_delay_us=batch_delay_us, counts=counts)
     click.echo(render(r))
 
 
@@ -743,8 +759,10 @@ def _conceal_option(f):
 
 def _redundancy_option(f):
     return click.option("--redundancy", is_flag=True,
-                        help="Ask for XOR parity over pairs of blocks, both ways (+50 % "
-                             "bytes): any single loss is repaired exactly.")(f)
+                        help="Ask for XOR parity both ways: every audio block covered "
+                             "twice (+100 % bytes up), pairs of stem blocks (+50 % down). "
+                             "Any single loss is repaired exactly, and every double loss "
+                             "of your audio.")(f)
 
 
 class _StatusLine:
