@@ -60,3 +60,37 @@ def test_bench_capacity_ramps_and_reports(tmp_path, model_dir):
         steps = run["steps"]
         assert steps[0]["clients"] == 1 and steps[0]["blocks"] > 0
     assert "capacity with zero missed deadlines" in r.stdout
+
+
+def test_bench_capacity_runs_the_chosen_counts_and_its_server_takes_them_all(tmp_path,
+                                                                           model_dir):
+    """--clients runs each count whatever the misses; 5 clients from one address get in
+    (the bench's server lifts the per-address cap of 4), and misses are located."""
+    out = tmp_path / "cap"
+    r = subprocess.run([sys.executable, "-m", "stemlink", "bench", "capacity", "--model",
+                        str(model_dir), "--backend", "cpu", "--preset", "balanced",
+                        "--seconds", "2", "--clients", "5,1", "--out", str(out), "-q"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    steps = json.loads((out / "capacity.json").read_text())["backends"]["cpu x1"]["steps"]
+    assert [s["clients"] for s in steps] == [1, 5]
+    for s in steps:
+        assert s["blocks"] > 0 and s["lost"] < s["blocks"]  # every client was served
+        assert len(s["late_at_s"]) == len(s["lost_at_s"]) == s["clients"]
+        assert s["missed"] == s["late"] + s["lost"]
+    bad = subprocess.run([sys.executable, "-m", "stemlink", "bench", "capacity", "--clients",
+                          "0,x"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--clients" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_pipeline_runs_the_real_server_path_without_the_model(model_dir):
+    from stemlink.bench.pipeline import SETTINGS, bench_pipeline
+
+    r = bench_pipeline(str(model_dir), 120, 1)
+    by = {x["setting"]: x for x in r["rows"]}
+    assert len(by) == len(SETTINGS)
+    h1, red = by["monitor, H = 1 (as on a GPU)"], by["monitor, H = 1, redundancy"]
+    assert h1["inferences"] == 120 * 256 // 1024  # one per model hop at H = 1
+    assert h1["stem_datagrams"] == 2 * 120  # two stems a block
+    assert red["stem_datagrams"] == 3 * 120  # and a parity per stem every two blocks
+    assert all(x["us_per_block_min"] > 0 for x in r["rows"])

@@ -379,6 +379,24 @@ def bench_capacity_cmd(model, backends, preset, synthesis_hop, mask_hold, second
     click.echo(render(r))
 
 
+@bench.command("pipeline")
+@_model_option
+@click.option("--blocks", default=4000, show_default=True, type=click.IntRange(100, 10**6),
+              help="Input blocks per run.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1, 100))
+@click.option("--out", "out_dir", default="out/bench-pipeline", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_pipeline_cmd(model, blocks, repeats, out_dir) -> None:
+    """Server CPU per input block outside the model (datagrams, scheduling, STFT, masks,
+    iSTFT, stems out): what a GPU leaves on the CPU, per session."""
+    from stemlink.bench.pipeline import bench_pipeline, render, save
+
+    r = bench_pipeline(model, blocks, repeats)
+    save(r, Path(out_dir))
+    click.echo(render(r))
+    click.echo(f"\nwrote {out_dir}/pipeline.json, {out_dir}/pipeline.md")
+
+
 @bench.command("frontend")
 @click.option("--iterations", default=20000, show_default=True, type=click.IntRange(100, 10**7),
               help="Calls per timed repeat.")
