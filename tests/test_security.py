@@ -282,26 +282,37 @@ def test_input_beyond_twice_the_rate_is_dropped_archival_is_not():
     assert sess2.counters["audio"] == n and sess2.budget is None
 
 
-def test_redundancy_doubles_the_input_bound_with_the_uplinks_parity():
-    """With redundancy the client sends a parity after every block: a real-time session
-    at real time passes whole, and the bound stays twice its negotiated datagram rate."""
-    s = keyed_server()
-    c, sess = established(s, features=int(Features.REDUNDANCY))
+def test_redundancy_passes_a_real_time_session_whole_and_gains_no_input_beyond_it():
+    """With redundancy the client sends a parity after every block: a real-time session at
+    real time passes whole. Beyond it, the blocks handed on (received or repaired) are
+    bound like a plain session's, whether the client sends parity or only data."""
     rate = 44100 / 256
-    n = int(4 * rate)  # four seconds at real time: 2n datagrams
-    for k in range(n):
-        for d in c.audio_datagrams(BLOCK, k * 256, 0):
-            s.receive_datagram(d, ADDR, 101.0 + k / rate)
-        s.take_messages()
-    assert sess.counters["input_rate"] == 0 and sess.counters["audio"] == n
-    m = int(10 * rate)  # then ten times real time for one second
-    for k in range(n, n + m):
-        for d in c.audio_datagrams(BLOCK, k * 256, 0):
-            s.receive_datagram(d, ADDR, 101.0 + n / rate + (k - n) / m)
-        s.take_messages()
-    # twice the 2 x block rate, plus its 2 s burst, all within 2 datagrams
-    assert sess.counters["input_rate"] == pytest.approx(2 * m - (2 * 2 * rate) * (1 + 2.0),
-                                                        abs=3)
+
+    def run(send_parity: bool, features: int) -> tuple[int, int]:
+        s = keyed_server()
+        c, sess = established(s, features=features)
+        n = int(4 * rate)  # four seconds at real time
+        for k in range(n):
+            for d in c.audio_datagrams(BLOCK, k * 256, 0):
+                s.receive_datagram(d, ADDR, 101.0 + k / rate)
+            s.take_messages()
+        whole = sess.counters["audio"] == n and sess.counters["input_rate"] == 0
+        m = int(10 * rate)  # then ten times real time for one second
+        before = sess.counters["audio"]
+        for k in range(n, n + m):
+            dgs = c.audio_datagrams(BLOCK, k * 256, 0)
+            for d in dgs if send_parity else dgs[:1]:
+                s.receive_datagram(d, ADDR, 101.0 + n / rate + (k - n) / m)
+            s.take_messages()
+        return whole, sess.counters["audio"] - before
+
+    plain_whole, plain = run(False, 0)
+    red_whole, red = run(True, int(Features.REDUNDANCY))
+    _, data_only = run(False, int(Features.REDUNDANCY))
+    assert plain_whole and red_whole
+    burst = 2 * rate + 2 * rate * 2.0  # twice the block rate for 1 s, plus its 2 s burst
+    assert plain == pytest.approx(burst, abs=2)
+    assert red <= plain + 2 and data_only <= plain + 2
 
 
 def test_token_bucket_refills_at_its_rate():
@@ -367,3 +378,40 @@ def test_encryption_is_required_or_refused_explicitly():
     c = client(encrypt=True)
     _, events = handshake(plain, c)
     assert isinstance(events[-1], Rejected) and "encryption" in events[-1].message
+
+
+def test_a_replayed_old_stem_datagram_does_not_clear_the_clients_pending_repairs():
+    """A captured STEM datagram replayed far behind the stream (an authentic one: it passes
+    the tag) must not reset the client's parity decoder: only a newer sequence number can
+    mean the server started over."""
+    from stemlink.udp_client.core import StemBlock
+    from stemlink.wire.redundancy import DOWNLINK, RedundancyEncoder
+
+    s = keyed_server()
+    c, _ = established(s, features=int(Features.REDUNDANCY))
+    w = pk.MediaWriter(256, 2, pk.SampleFormat.S16LE)
+    enc = RedundancyEncoder(256, w.payload_len, DOWNLINK)
+    seq, sent = 0, []
+    for k in range(400):
+        d = w.write(PacketType.STEM, BLOCK * (k % 7) / 7, session=c.session, seq=seq,
+                    timestamp=k * 256, send_time=0, key=c.rx_key, stem=0)
+        seq += 1
+        sent.append((k, d))
+        for ts, body, flags in enc.add(k * 256, pk.payload(d, pk.decode_header(d))):
+            sent.append((None, pk.encode(pk.Header(PacketType.STEM, flags, c.session, seq, ts,
+                                                   0, 256, 2, pk.SampleFormat.S16LE, 0),
+                                         body, c.rx_key)))
+            seq += 1
+    old = sent[0][1]
+    got, lost = set(), 0
+    for k, d in sent:
+        if k is not None and k >= 200 and k % 2 == 0:
+            lost += 1  # the first block of every pair from 200 on is lost
+            continue
+        for ev in c.receive(d, 102.0):
+            got.add(ev.header.timestamp // 256)
+        if k is not None and k >= 200:  # an old datagram replayed before the pair's parity
+            for ev in c.receive(old, 102.0):
+                assert isinstance(ev, StemBlock) and ev.header.timestamp == 0
+    assert got == set(range(400))  # every lost block repaired from its parity
+    assert c.counters["recovered"] == lost == 100

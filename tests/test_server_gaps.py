@@ -42,8 +42,9 @@ class Rig:
                              batch=batch or BatchConfig())
         self.clients: dict = {}
 
-    def connect(self, addr=ADDR, playout_ms=pk.ARCHIVAL):
-        c = ClientCore(sample_rate=SR, channels=2, block=B, playout_ms=playout_ms)
+    def connect(self, addr=ADDR, playout_ms=pk.ARCHIVAL, features=0):
+        c = ClientCore(sample_rate=SR, channels=2, block=B, playout_ms=playout_ms,
+                       features=features)
         self.core.receive_datagram(c.connect(self.now), addr, self.now)
         for d, _ in self.core.take_outbox():
             for ev in c.receive(d, self.now):
@@ -350,3 +351,20 @@ def test_one_sessions_burst_does_not_delay_another(engine, batch_engine, clip, b
             assert rig.stream(a).counters["stale_blocks"] >= 160  # past A's 60 ms budget
     solo = _run(engine, clip[:, :n * B])
     np.testing.assert_array_equal(rig.output(n * B, b)[0], solo.output(n * B)[0])
+
+
+def test_last_on_every_input_block_gets_no_more_parity_than_one_end(engine, clip):
+    """A client flagging LAST on every block (wrongly, or to draw traffic) gets the stems'
+    pair parity and one copy of the end, like any stream: not a copy per pair."""
+    from stemlink.wire.constants import Features
+
+    rig = Rig(engine)
+    c, _ = rig.connect(features=int(Features.REDUNDANCY))
+    n = 40
+    for k in range(n):
+        rig.core.receive_datagram(c.audio(clip[:, k * B:(k + 1) * B], k * B, 0,
+                                          flags=int(Flags.LAST)), ADDR, rig.now)
+        rig.pump()
+    stems = len(engine.card.stems)
+    assert rig.stream().counters["stem_packets"] == stems * n
+    assert rig.stream().counters["parity_packets"] <= stems * (n // 2 + 1)

@@ -109,6 +109,21 @@ def test_each_malformation_has_its_reason(mutate, reason):
     assert e.value.reason == reason
 
 
+@pytest.mark.parametrize("t", [t for t in PacketType if t not in (PacketType.AUDIO,
+                                                                   PacketType.STEM)])
+@pytest.mark.parametrize("flags", [1, 2, 4, 7])
+def test_flags_are_refused_on_packets_that_carry_no_media(t, flags):
+    """The flags describe media blocks (CONCEALED, REDUNDANT, LAST): a control packet with
+    any of them set is malformed, not a PING that happens to say REDUNDANT."""
+    data = pk.encode(pk.Header(t, 0, 9, 5, 0, 7), bytes(8), KEY)
+    pk.decode_header(data)  # well-formed without them
+    bad = bytearray(data)
+    bad[4] = flags
+    with pytest.raises(pk.WireError) as e:
+        pk.decode_header(bytes(bad))
+    assert e.value.reason == "bad-flags"
+
+
 @settings(max_examples=2000, deadline=None)
 @given(st.binary(min_size=0, max_size=1300))
 def test_random_bytes_never_raise_anything_but_wire_error(data):

@@ -35,7 +35,7 @@ from stemlink.wire.constants import (
     SampleFormat,
 )
 from stemlink.wire.redundancy import UPLINK, RedundancyDecoder, RedundancyEncoder
-from stemlink.wire.seq import ReplayWindow
+from stemlink.wire.seq import ReplayWindow, seq_gt
 
 NO_ANSWER = ("no answer from the server (is it running, are the address and port right, "
              "does a firewall drop UDP? A server that rate-limits handshakes from this "
@@ -139,6 +139,7 @@ class ClientCore:
         self._writer: pk.MediaWriter | None = None
         self._fec_up: RedundancyEncoder | None = None
         self._fec_down: dict[int, RedundancyDecoder] = {}
+        self._stem_top: dict[int, int] = {}  # per stem: the newest seq heard (authentic)
         self.granted = 0  # features the server granted
 
     @property
@@ -196,8 +197,12 @@ class ClientCore:
                 if h.stem >= len(self.accept.stems) or h.frames != self.accept.block_frames:
                     raise pk.WireError("bad-stem-block")
                 dec = self._fec_down[h.stem] = RedundancyDecoder(h.frames)
+            top = self._stem_top.get(h.stem)
+            fresh = top is None or seq_gt(h.seq, top)
+            if fresh:
+                self._stem_top[h.stem] = h.seq
             out = []
-            for h2, body in dec.feed(h, pk.payload(data, h)):
+            for h2, body in dec.feed(h, pk.payload(data, h), fresh):
                 if h2 is h:
                     out.append(StemBlock(h, data))
                 else:  # repaired: a datagram-shaped copy so read_media() reads it alike

@@ -167,6 +167,7 @@ class Session:
     ctl_replay: ReplayWindow = field(default_factory=lambda: ReplayWindow(64))  # PING, BYE
     ctl_seq: int = 0  # seq of the server's next PONG/BYE/ERROR
     budget: TokenBucket | None = None  # input rate bound (None: archival, queue-bounded)
+    block_budget: TokenBucket | None = None  # with redundancy: the same bound on blocks
     accept_resends: int = 0
 
     @property
@@ -446,9 +447,13 @@ class ServerCore:
                     MediaClock(self.sample_rate), playout_s)
         s.rx_key = keys.c2s
         redundancy = bool(hello.features & self.features & Features.REDUNDANCY)
-        s.budget = self.limits.input_budget(self.sample_rate, hello.block_frames,
-                                            hello.playout_ms != pk.ARCHIVAL, now,
-                                            datagrams_per_block(UPLINK) if redundancy else 1.0)
+        realtime = hello.playout_ms != pk.ARCHIVAL
+        s.budget = self.limits.input_budget(self.sample_rate, hello.block_frames, realtime,
+                                            now, datagrams_per_block(UPLINK) if redundancy
+                                            else 1.0)
+        if redundancy:  # blocks (received or repaired) at the rate of a plain session
+            s.block_budget = self.limits.input_budget(self.sample_rate, hello.block_frames,
+                                                      realtime, now)
         if redundancy:  # repaired blocks join the reorder window like arrivals
             s.fec_in = RedundancyDecoder(hello.block_frames)
         self.messages.append(OpenStream(Stream(
@@ -539,7 +544,12 @@ class ServerCore:
                                         "AUDIO timestamp is not a multiple of the block")
         s.last_rx = now
         if s.fec_in is not None:  # redundancy: parity repairs single losses (wire.redundancy)
-            for h2, body in s.fec_in.feed(h, pk.payload(data, h)):
+            for h2, body in s.fec_in.feed(h, pk.payload(data, h), fresh):
+                # the datagram bound lets twice the datagrams in; blocks stay bound to the
+                # rate a session without redundancy gets (data-only sending gains nothing)
+                if s.block_budget is not None and not s.block_budget.take(now):
+                    self._drop_session(s, "input-rate", "input_rate")
+                    continue
                 repaired = h2 is not h
                 if repaired:
                     s.counters["repaired"] += 1

@@ -142,6 +142,8 @@ def decode_header(data: bytes | memoryview) -> Header:
     if plen > MAX_PAYLOAD or n != HEADER_SIZE + plen + TAG_SIZE:
         raise WireError("bad-length", f"payload {plen}, datagram {n}")
     t = _TYPES[ptype]  # tuple lookup: calling the IntEnum costs more than the unpack
+    if flags and t not in _MEDIA:  # the flags describe media blocks only
+        raise WireError("bad-flags")
     if t in _MEDIA:
         if fmt not in (1, 2) or not 1 <= channels <= MAX_CHANNELS:
             raise WireError("bad-media-format")

@@ -112,7 +112,11 @@ class RedundancyDecoder:
         self.parities = 0
         self.resets = 0  # the sender's timeline started over
 
-    def feed(self, h: Header, payload: bytes | memoryview) -> list[tuple[Header, bytes]]:
+    def feed(self, h: Header, payload: bytes | memoryview, fresh: bool = True
+             ) -> list[tuple[Header, bytes]]:
+        """fresh: the datagram's sequence number is newer than any before on its stream
+        (the receiver knows; only such a block far behind may mean the sender started
+        over: an old datagram replayed must not clear what is pending)."""
         f = self.frames
         if h.timestamp % f:
             return []
@@ -122,7 +126,9 @@ class RedundancyDecoder:
         if k < self._newest - WINDOW_BLOCKS:
             if parity:
                 return []  # far older than anything held: useless
-            self._reset()  # a data block that far back: the sender started over
+            if not fresh:  # an old block again: the consumer counts it (late, duplicate)
+                return [(h, bytes(payload))]
+            self._reset()  # a new data block that far back: the sender started over
         out: list[tuple[Header, bytes]] = []
         if parity:
             if (k, lone) in self._parities:
