@@ -36,7 +36,7 @@ from stemlink.bench.procs import Child, free_port
 from stemlink.errors import StemlinkError
 from stemlink.udp_client.core import Accepted, ClientCore
 from stemlink.wire import auth
-from stemlink.wire.constants import HEADER_SIZE, TAG_SIZE, SampleFormat
+from stemlink.wire.constants import HEADER_SIZE, TAG_SIZE, Features, SampleFormat
 
 SOURCES = [f"127.0.0.{k}" for k in range(2, 10)]  # 127.0.0.1 is kept for the final check
 BATCH = 256
@@ -84,10 +84,13 @@ def start_server(model: str, key_file: Path, stats: Path, extra: list[str] = ())
     return child, ("127.0.0.1", port), mport
 
 
-def handshake(server, key: bytes, source: str, encrypt: bool,
+def handshake(server, key: bytes, source: str, encrypt: bool, redundancy: bool = False,
               timeout: float = 2.0) -> LiveSession | None:
-    """A real handshake from `source` (blocking socket); None if refused or unanswered."""
-    core = ClientCore(sample_rate=44100, channels=2, key=key, encrypt=encrypt)
+    """A real handshake from `source` (blocking socket); None if refused or unanswered.
+    redundancy: ask for it, so that the session's parity datagrams (and their mutations)
+    reach the server's parity decoder."""
+    core = ClientCore(sample_rate=44100, channels=2, key=key, encrypt=encrypt,
+                      features=int(Features.REDUNDANCY) if redundancy else 0)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((source, 0))
     sock.settimeout(0.25)
@@ -134,17 +137,20 @@ class Mutator:
         self.rng = rng
         self.block = np.zeros((2, 256), np.float32)
 
-    def valid_audio(self, s: LiveSession) -> bytes:
+    def valid_audio(self, s: LiveSession) -> list[bytes]:
+        """The next block's AUDIO datagram and, with redundancy, its parity: all of them
+        join the pools that replays and mutations draw from."""
         self.block[:] = self.rng.uniform(-0.3, 0.3)
-        d = s.core.audio(self.block, s.next_ts, time.monotonic_ns())
+        out = s.core.audio_datagrams(self.block, s.next_ts, time.monotonic_ns())
         s.next_ts += 256
-        s.sent.append(d)
+        for d in out:
+            s.sent.append(d)
+            s.plain.append(_plain(d, s.core.key))
         if len(s.sent) > 64:
             del s.sent[1:17]  # keep the HELLOs (index 0 and 1) and recent packets
-        s.plain.append(_plain(d, s.core.key))
         if len(s.plain) > 32:
             del s.plain[:8]
-        return d
+        return out
 
     def control(self, s: LiveSession) -> bytes:
         d = s.core.ping(time.monotonic())
@@ -172,7 +178,7 @@ class Mutator:
         if f == 0:
             p[3] = r.randint(0, 12)  # type
         elif f == 1:
-            p[4] = r.choice((1, 2, 4, 8, 0x80, 7))  # flags
+            p[4] = r.choice((1, 2, 4, 6, 8, 0x80, 7))  # flags (6: a lone parity copy)
         elif f == 2:
             p[5] = r.randint(0, 20)  # stem
         elif f == 3:
@@ -251,16 +257,19 @@ def fuzz(model: str, datagrams: int, seed: int, log_path: str | None,
         while rx < datagrams:
             if len(sessions) < 6 or rng.random() < 0.02:  # keep real sessions open
                 src = rng.choice(SOURCES)
-                s = handshake(server, auth_key, src, encrypt=rng.random() < 0.5)
+                s = handshake(server, auth_key, src, encrypt=rng.random() < 0.5,
+                                  redundancy=rng.random() < 0.5)
                 if s is not None:
                     sessions.append(s)
                     for _ in range(4):
-                        s.sock.sendto(mut.valid_audio(s), server)
+                        for d in mut.valid_audio(s):
+                            s.sock.sendto(d, server)
                         s.sock.sendto(mut.control(s), server)
                 if len(sessions) > 12:
                     old = sessions.pop(0)
                     old.sock.close()
             for _ in range(BATCH):
+                after: list[bytes] = []
                 r = rng.random()
                 s = rng.choice(sessions) if sessions else None
                 if s is None or r < 0.08:
@@ -275,13 +284,18 @@ def fuzz(model: str, datagrams: int, seed: int, log_path: str | None,
                     kind, d, sock = "replay", rng.choice(s.sent), \
                         rng.choice((s.sock, s.sock, rng.choice(raw)))
                 elif r < 0.97:
-                    kind, d, sock = "valid-audio", mut.valid_audio(s), s.sock
+                    d, *after = mut.valid_audio(s)  # its parity (redundancy) right after
+                    kind, sock = "valid-audio", s.sock
                 else:
                     kind, d, sock = "valid-ping", mut.control(s), s.sock
                 try:
                     sock.sendto(d, server)
                     sent += 1
                     kinds[kind] = kinds.get(kind, 0) + 1
+                    for x in after:
+                        sock.sendto(x, server)
+                        sent += 1
+                        kinds["valid-parity"] = kinds.get("valid-parity", 0) + 1
                 except BlockingIOError:
                     send_errors += 1
                 except OSError:
