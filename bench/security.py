@@ -348,8 +348,11 @@ def flood(server, key: bytes, mport: int, model: str, tmp: Path) -> dict:
     }
 
 
-def input_rate(server, key: bytes, mport: int) -> dict:
-    s = handshake(server, key, OTHER, False)
+def input_rate(server, key: bytes, mport: int, redundancy: bool = False) -> dict:
+    """AUDIO at 10x real time from one key holder's session. redundancy: the session asks
+    for it (its datagram bound doubles) but sends data only, which must gain it no more
+    blocks than a plain session: every datagram not dropped is one block processed."""
+    s = handshake(server, key, OTHER, False, redundancy=redundancy)
     assert s is not None
     rate = 44100 / 256
     seconds, factor = 5.0, 10
@@ -371,8 +374,8 @@ def input_rate(server, key: bytes, mport: int) -> dict:
     acc = _accepted(m1, "audio") - _accepted(m0, "audio")
     dropped = int(m1.get('stemlink_drops_total{reason="input-rate"}', 0) -
                   m0.get('stemlink_drops_total{reason="input-rate"}', 0))
-    return {"sent": n, "seconds": seconds, "factor_sent": factor,
-            "accepted": acc, "dropped_input_rate": dropped,
+    return {"sent": n, "seconds": seconds, "factor_sent": factor, "redundancy": redundancy,
+            "accepted": acc, "dropped_input_rate": dropped, "blocks_processed": n - dropped,
             "accepted_per_second": round(acc / seconds, 1),
             "real_time_packets_per_second": round(rate, 1),
             "bound": "2 x rate, plus a 2 s burst at that rate"}
@@ -398,6 +401,8 @@ def bench_security(model: str) -> dict:
         r["flood"] = flood(server, key, mport, model, tmp)
         time.sleep(4.0)
         r["input_rate"] = input_rate(server, key, mport)
+        time.sleep(4.0)
+        r["input_rate_redundancy"] = input_rate(server, key, mport, redundancy=True)
         r["server_alive"] = child.proc.poll() is None
         r["load_average"] = [round(x, 2) for x in os.getloadavg()]
     finally:
@@ -443,5 +448,10 @@ def render(r: dict) -> str:
               f"({i['factor_sent']}x real time); accepted {i['accepted']} "
               f"({i['accepted_per_second']}/s vs real time {i['real_time_packets_per_second']}"
               f"/s), dropped {i['dropped_input_rate']} (input-rate)"]
+    j = r.get("input_rate_redundancy")
+    if j:
+        lines += [f"the same from a session with redundancy sending data only: blocks "
+                  f"processed {j['blocks_processed']} (plain session: "
+                  f"{i['blocks_processed']}), dropped {j['dropped_input_rate']} (input-rate)"]
     lines.append(f"\nload average during the run: {r.get('load_average')}")
     return "\n".join(lines)
