@@ -137,8 +137,8 @@ def test_send_shows_a_live_status_line_on_a_terminal(server, clip, tmp_path):
     total = float(updates[-1][2])
     assert total == pytest.approx((4 * 44100 + 3071) / 44100, abs=0.1)
     # the final update is the summary's state
-    summary = re.search(r"packets: sent (\d+), received (\d+)/(\d+), lost (\d+), late (\d+)",
-                        out)
+    summary = re.search(r"packets: sent (\d+) blocks, stem blocks received (\d+)/(\d+), "
+                        r"lost (\d+), late (\d+)", out)
     assert summary, out
     last = updates[-1]
     assert (last[3], last[4]) == summary.groups()[:2]  # sent, received

@@ -210,6 +210,22 @@ def test_send_gives_up_in_one_line_when_no_stem_ever_comes_back(tmp_path, server
             asyncio.run(go())
 
 
+def test_paced_send_says_when_the_server_stopped_answering(tmp_path, server, example):
+    """Paced, and from 1 s on nothing comes back (the server killed, or the network gone):
+    `send` stops with one line naming when it last heard from the server, instead of
+    streaming on into nothing and exiting 0."""
+    from stemlink.bench.relay import Relay, make_config
+    from stemlink.udp_client.core import ClientError
+
+    p = tmp_path / "in.wav"
+    sf.write(p, example[0][:, :44100 * 6].T, 44100, subtype="PCM_16")
+    with Relay(server.address, make_config(outages=[(1.0, 600.0)])) as relay:
+        opts = SendOptions(p, relay.address, tmp_path / "o", realtime=True, silent_s=1.5)
+        with pytest.raises(ClientError, match=r"stopped answering.*since [01]\.\d s into"):
+            asyncio.run(send_file(opts))
+    assert not (tmp_path / "o").exists()  # no files that would be mostly guesswork
+
+
 def test_no_stem_leaves_after_the_session_ended():
     """Worker output that arrives after BYE is dropped and counted, never sent."""
     from stemlink.udp_client.core import ClientCore as CC

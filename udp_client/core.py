@@ -299,6 +299,10 @@ class ClientCore:
             self.seq = (self.seq + 1) & 0xFFFFFFFF
         return out
 
+    @property
+    def parities_sent(self) -> int:
+        return self._fec_up.parities if self._fec_up is not None else 0
+
     def _control(self, t: PacketType, body: bytes, now: float) -> bytes:
         # PING and BYE share the client's control stream: seq +1 each (replay window)
         d = pk.encode(pk.Header(t, 0, self.session, self.ctl_seq, 0, int(now * 1e9)), body,

@@ -56,6 +56,9 @@ class SendOptions:
     mask_hold: int | None = None  # k, synthesis hops per inference (None: the server's)
     ping_every_s: float = 0.5
     drain_s: float = 2.0  # how long to wait for the last stems
+    # paced: give up when nothing at all came from the server for this long (the server's
+    # default idle timeout: past it the session is gone, the server stopped or unreachable)
+    silent_s: float = 10.0
     stall_s: float = 15.0  # not paced: give up when no stem at all came back for this long
     first_seq: int = 0
     redundancy: bool = False  # ask for XOR parity both ways (wire.redundancy)
@@ -107,6 +110,8 @@ class SendReport:
     synthesis_hop: int = 0  # m the server chose, samples
     mask_hold: int = 1  # k the server chose
     hop_frames: int = 1  # H the server chose
+    parity_sent: int = 0  # redundancy: parity datagrams sent up
+    jitter_ms: float = 60.0  # the budget `late` counts against
     # where the misses fell: media seconds of the first MISSES_LISTED late (turnaround over
     # the playout budget) and lost stem blocks (benchmarks diagnose from these)
     late_at_s: list = field(default_factory=list)
@@ -117,7 +122,9 @@ class SendReport:
         """Samples between the server's inferences: H * k * m."""
         return self.hop_frames * self.mask_hold * self.synthesis_hop
 
-    def summary(self) -> str:
+    def summary(self, client_cpu: bool = True) -> str:
+        """client_cpu=False: the process also ran the server (`demo`), its CPU figure says
+        nothing about the client."""
         lat, rtt = self.latency_ms, self.rtt_ms
         return "\n".join([
             f"model {self.model}, preset {self.preset}, D = {self.delay} samples "
@@ -125,23 +132,34 @@ class SendReport:
             f"{self.synthesis_hop}, mask hold {self.mask_hold}, H {self.hop_frames}: one "
             f"inference every {1000 * self.period / self.sample_rate:.1f} ms), "
             f"block {self.block}",
-            f"packets: sent {self.sent}, received {self.received}/{self.expected}, "
-            f"lost {self.lost}, late {self.late}, duplicates {self.duplicates}, "
-            f"from server-concealed input {self.concealed}",
-            f"RTT ms: p50 {rtt.get('p50', float('nan')):.2f}, "
-            f"p99 {rtt.get('p99', float('nan')):.2f}",
-            f"end-to-end latency ms: p50 {lat.get('p50', float('nan')):.1f}, "
-            f"p95 {lat.get('p95', float('nan')):.1f}, p99 {lat.get('p99', float('nan')):.1f} "
-            f"(D alone {1000 * self.delay / self.sample_rate:.1f})",
+            f"packets: sent {self.sent} blocks"
+            + (f" (+{self.parity_sent} parity)" if self.parity_sent else "")
+            + f", stem blocks received {self.received}/{self.expected}, lost {self.lost}, "
+            f"late {self.late} (past --jitter-ms {self.jitter_ms:g}), duplicates "
+            f"{self.duplicates}; {self.concealed} received blocks depend on input the "
+            f"server had to conceal",
+            (f"RTT ms: p50 {rtt['p50']:.2f}, p99 {rtt['p99']:.2f}" if rtt.get("n")
+             else "RTT: not measured (no PONG came back)"),
+            (f"end-to-end latency ms: p50 {lat['p50']:.1f}, p95 {lat['p95']:.1f}, "
+             f"p99 {lat['p99']:.1f} (D alone {1000 * self.delay / self.sample_rate:.1f})"
+             if lat.get("n") else "end-to-end latency: not measured (no block came back "
+             "whole)"),
             f"{self.mode}: concealment {self.conceal}, {self.missing} stem blocks concealed; "
             f"redundancy {'on' if self.redundancy else 'off'}, {self.recovered} repaired; "
-            f"client CPU {self.cpu_percent:.1f} % of a core "
-            f"({self.cpu_ms_per_block:.3f} ms per block)",
-        ] + ([f"as heard: jitter buffer mean {self.playout['mean_delay_ms']:.1f} ms "
-              f"(target max {self.playout['target_max_ms']:.1f} ms), late "
-              f"{self.playout['late']}, inserted {self.playout['inserted']}, stated "
-              f"end-to-end latency {self.playout['stated_latency_ms']:.1f} ms"]
-             if self.playout else []) + self._warnings())
+            + (f"client CPU {self.cpu_percent:.1f} % of a core "
+             f"({self.cpu_ms_per_block:.3f} ms per block)" if client_cpu else
+             "client CPU not measured (the server runs in this process)"),
+        ] + ([self._as_heard_line()] if self.playout else []) + self._warnings())
+
+    def _as_heard_line(self) -> str:
+        p = self.playout
+        adaptive = p["mode"] == "adaptive"
+        return (f"as heard ({p['mode']} playout buffer, --jitter): mean delay "
+                f"{p['mean_delay_ms']:.1f} ms behind the fastest arrival"
+                + (f" (target at most {p['target_max_ms']:.1f} ms)" if adaptive else "")
+                + f", {p['late']} blocks later than the buffer concealed"
+                + (f", {p['inserted']} inserted while growing" if adaptive else "")
+                + f"; stated end-to-end latency {p['stated_latency_ms']:.1f} ms")
 
     def _warnings(self) -> list[str]:
         """A line a user cannot miss when much of what was written is guessed."""
@@ -222,6 +240,8 @@ async def send_file(opts: SendOptions) -> SendReport:
     rep.mode = "as-heard" if opts.as_heard else "archival"
     rep.conceal, rep.redundancy = opts.conceal, core.redundancy
     rep.recovered = core.counters["recovered"]
+    rep.parity_sent = core.parities_sent
+    rep.jitter_ms = opts.jitter_ms
     rep.missing = state.missing
     rep.repair = {k: playout.pop(k) for k in list(playout) if k.startswith("mix_")}
     rep.playout = playout
@@ -365,6 +385,7 @@ async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, n
     for k in range(nblocks):
         state.check_ended()
         if opts.realtime:
+            state.check_silent(opts.silent_s)
             due = t0 + (k + 1) * b / sr
             while (delay := due - time.monotonic()) > 0:  # timers may fire early (1 ms grain)
                 await asyncio.sleep(delay)
@@ -400,6 +421,8 @@ async def _pump(proto, core: ClientCore, state: _Receiver, padded: np.ndarray, n
     deadline = time.monotonic() + opts.drain_s
     while state.received < state.expected and time.monotonic() < deadline:
         state.check_ended()
+        if opts.realtime:
+            state.check_silent(opts.silent_s)
         await asyncio.sleep(0.005)
     state.seconds = time.monotonic() - t0
 
@@ -412,7 +435,8 @@ class _Receiver:
         self.sent = self.received = self.expected = 0
         self.duplicates = self.concealed = self.bad = 0
         self.bytes_sent = self.bytes_received = 0
-        self.last_rx = 0.0
+        self.last_rx = 0.0  # the last stem block
+        self.last_heard = 0.0  # the last packet of any kind from the server
         self.seconds = 0.0
         self.missing = 0
         self.concealed_in: set[int] = set()
@@ -440,6 +464,16 @@ class _Receiver:
     def newest_block(self) -> int:
         return self._newest
 
+    def check_silent(self, limit_s: float) -> None:
+        """Raise if nothing came from the server for `limit_s` (stems or PONGs)."""
+        now = time.monotonic()
+        heard = max(self.last_heard, self.t0_ns / 1e9)
+        if now - heard > limit_s:
+            at = max(0.0, self.last_heard - self.t0_ns / 1e9) if self.last_heard else 0.0
+            raise ClientError(f"the server stopped answering: nothing from it for "
+                              f"{limit_s:g} s, since {at:.1f} s into the stream (it stopped, "
+                              "or the network is down)")
+
     def check_ended(self) -> None:
         """Raise if the server ended the session (ERROR, or BYE on timeout/shutdown)."""
         if isinstance(self.ended, SessionError):
@@ -465,12 +499,13 @@ class _Receiver:
             self._per_block[k] += 1
             self._newest = max(self._newest, k)
             self.received += 1
-            self.last_rx = time.monotonic()
+            self.last_rx = self.last_heard = time.monotonic()
             if h.flags & Flags.CONCEALED:
                 self.concealed += 1
                 self.concealed_in.add(h.timestamp)  # depends on input the server concealed
         elif isinstance(ev, Pong):
             self.rtt_ns.append(ev.rtt_ns)
+            self.last_heard = time.monotonic()
         elif isinstance(ev, (SessionError, ServerBye)):
             self.ended = ev
 

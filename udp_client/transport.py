@@ -73,9 +73,9 @@ async def connect(core: ClientCore, server: tuple[str, int],
         except asyncio.TimeoutError:
             try:
                 again = core.timer(time.monotonic())
-            except ClientError:
+            except ClientError as e:
                 proto.transport.close()
-                raise
+                raise ClientError(f"{server[0]}:{server[1]}: {e}") from None
             if again:
                 proto.send(again)
     if isinstance(ev, Rejected):

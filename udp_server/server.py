@@ -394,7 +394,8 @@ class Server:
                 counters["inferences"] = worker_side.get("inferences", 0)
                 with open(self.opts.compute_stats, "w") as f:
                     json.dump({"compute_ns": worker.compute_ns, "counters": counters}, f)
-            log.info("server stopped: %s", dict(self.core.counters))
+            log.info("server stopped; counters: %s", ", ".join(
+                f"{k} {v}" for k, v in sorted(self.core.counters.items())))
 
     def status_sample(self, now: float) -> ServerSample:
         """Counters for the status line, read on the loop thread (which owns the core;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -843,6 +844,11 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
     if as_heard and not realtime:
         raise click.UsageError("--as-heard needs real-time pacing (drop "
                                "--as-fast-as-possible)")
+    given = click.get_current_context().get_parameter_source("jitter")
+    if not as_heard and given is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--jitter sizes the --as-heard playout buffer; without "
+                               "--as-heard every block is written (--jitter-ms is the budget "
+                               "that counts blocks as late)")
     key, passphrase = _key(key_file, psk)
     line = _StatusLine(quiet)
     opts = SendOptions(input, parse_server(server), out_dir, preset=preset, realtime=realtime,
@@ -1031,7 +1037,13 @@ def relay(listen, to, profile, loss, burst, jitter_ms, delay_ms, reorder, duplic
 
     cfg = _relay_config(profile, loss, burst, jitter_ms, delay_ms, reorder, duplicate,
                         outage, seed)
-    run_relay(cfg, parse_host_port(listen, "--listen"), parse_host_port(to, "--to"),
+    target = parse_host_port(to, "--to")
+    try:  # one line now, not a relay that forwards into nothing
+        socket.getaddrinfo(target[0], target[1], type=socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        _err(f"--to {to}: cannot resolve {target[0]}: {e.strerror or e}")
+        sys.exit(2)
+    run_relay(cfg, parse_host_port(listen, "--listen"), target,
               log_path, seconds, lambda s: click.echo(s, err=True), stats_path, tcp,
               tcp_recovery)
 
@@ -1255,7 +1267,7 @@ def demo(model: str, out_dir: str, preset: str) -> None:
                                                  on_status=line.show if line.on else None)))
         finally:
             line.end()
-    click.echo(rep.summary())
+    click.echo(rep.summary(client_cpu=False))  # the demo's server runs in this process
     for name, path in rep.files.items():
         click.echo(f"{name}: {path}")
     click.echo(f"stems written to {out_dir}/")
