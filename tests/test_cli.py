@@ -146,3 +146,16 @@ def test_bad_flags_exit_nonzero_without_traceback(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "warp" in r.stderr
     r = run("separate", "x.wav", "--out", tmp_path, "-H", "0")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_send_and_relay_refuse_what_would_silently_do_nothing(tmp_path):
+    """--jitter sizes only the --as-heard buffer; a relay whose --to does not resolve
+    would forward into nothing: both are one line and exit 2 before anything starts."""
+    wav = tmp_path / "x.wav"
+    sf.write(wav, np.zeros((4410, 2), np.float32), 44100)
+    r = run("send", wav, "--out", tmp_path / "o", "--jitter", "30")
+    assert_one_line_error(r, "--jitter", "--as-heard")
+    assert r.returncode == 2
+    r = run("relay", "--listen", "127.0.0.1:0", "--to", "nosuch.invalid:5055", timeout=60)
+    assert_one_line_error(r, "--to", "cannot resolve")
+    assert r.returncode == 2

@@ -846,9 +846,9 @@ def send(input, server, out_dir, preset, realtime, stats_path, jitter_ms, block,
                                "--as-fast-as-possible)")
     given = click.get_current_context().get_parameter_source("jitter")
     if not as_heard and given is not click.core.ParameterSource.DEFAULT:
-        raise click.UsageError("--jitter sizes the --as-heard playout buffer; without "
-                               "--as-heard every block is written (--jitter-ms is the budget "
-                               "that counts blocks as late)")
+        _err("--jitter sizes the --as-heard playout buffer; without --as-heard every block "
+             "is written (--jitter-ms is the budget that counts blocks as late)")
+        sys.exit(2)
     key, passphrase = _key(key_file, psk)
     line = _StatusLine(quiet)
     opts = SendOptions(input, parse_server(server), out_dir, preset=preset, realtime=realtime,
