@@ -451,11 +451,12 @@ class ServerCore:
         s.budget = self.limits.input_budget(self.sample_rate, hello.block_frames, realtime,
                                             now, datagrams_per_block(UPLINK) if redundancy
                                             else 1.0)
-        if redundancy:  # blocks (received or repaired) at the rate of a plain session
+        if redundancy:
+            # blocks (received or repaired) at the rate of a plain session
             s.block_budget = self.limits.input_budget(self.sample_rate, hello.block_frames,
                                                       realtime, now)
-        if redundancy:  # repaired blocks join the reorder window like arrivals
-            s.fec_in = RedundancyDecoder(hello.block_frames)
+            s.fec_in = RedundancyDecoder(hello.block_frames)  # repaired blocks join the
+            # reorder window like arrivals
         self.messages.append(OpenStream(Stream(
             session=sid, key=key, separator=setup.separator, ring=ring,
             block=hello.block_frames, channels=self.channels, fmt=SampleFormat(hello.format),
