@@ -455,8 +455,8 @@ class ServerCore:
             # blocks (received or repaired) at the rate of a plain session
             s.block_budget = self.limits.input_budget(self.sample_rate, hello.block_frames,
                                                       realtime, now)
-            s.fec_in = RedundancyDecoder(hello.block_frames)  # repaired blocks join the
-            # reorder window like arrivals
+            # repaired blocks join the reorder window like arrivals
+            s.fec_in = RedundancyDecoder(hello.block_frames)
         self.messages.append(OpenStream(Stream(
             session=sid, key=key, separator=setup.separator, ring=ring,
             block=hello.block_frames, channels=self.channels, fmt=SampleFormat(hello.format),
