@@ -38,7 +38,11 @@ def test_bench_latency_against_baseline_writes_its_report(tmp_path, model_dir):
     s, b = res["systems"]["stemlink"], res["systems"]["baseline"]
     assert s["latency_ms"]["n"] > 400 and s["lost_blocks"] == 0
     assert min(s["block_latencies_ms"]) >= s["algorithmic_delay_ms"] - 0.5  # causal
-    assert b["latency_ms"]["p50"] >= 500.0  # half a window at least, by design
+    # the baseline was measured (blocks came back; its last partial window never does); its
+    # delay is the blueprint's 1 s window by construction. How fast either is, is the
+    # benchmark's figure, not a test's.
+    assert b["latency_ms"]["n"] > 300
+    assert b["algorithmic_delay_samples"] == 44100 - 1
     assert "stemlink p99 / baseline p50" in r.stdout
     png = (out / "latency_cdf.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
