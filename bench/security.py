@@ -235,10 +235,21 @@ def forged_client_side(key: bytes) -> dict:
     return res
 
 
+MUTATED_PER_ROUND = 10  # per held session, every 10 ms round: ~1,000/s each
+
+
 def _attacker(server, key: bytes, seconds: float, out) -> None:
     """A separate process (as on another machine): HELLOs as fast as it can, plus up to 20
-    real session attempts whose sessions it keeps alive with PINGs."""
-    stats = {"hellos": 0, "sessions": 0, "attempts": 0}
+    real session attempts (every other one with redundancy) whose sessions it keeps alive
+    with PINGs and feeds with its own valid packets replayed, bit-flipped, and changed
+    then re-tagged (the fuzzer's mutations, MUTATED_PER_ROUND each round)."""
+    import random
+
+    from stemlink.bench.fuzz import Mutator
+
+    rng = random.Random(7)
+    mut = Mutator(rng)
+    stats = {"hellos": 0, "sessions": 0, "attempts": 0, "mutated": 0}
     held = []
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((ATTACKER, 0))
@@ -247,10 +258,13 @@ def _attacker(server, key: bytes, seconds: float, out) -> None:
     while time.monotonic() - t0 < seconds:
         if stats["attempts"] < 20 and time.monotonic() - t0 > 0.2 * stats["attempts"]:
             stats["attempts"] += 1
-            s = handshake(server, key, ATTACKER, False, timeout=2.0)
+            s = handshake(server, key, ATTACKER, False, timeout=2.0,
+                          redundancy=stats["attempts"] % 2 == 0)
             if s is not None:
                 stats["sessions"] += 1
                 held.append(s)
+                for d in mut.valid_audio(s):  # valid packets to replay and mutate
+                    s.sock.sendto(d, server)
         for _ in range(200):
             c = ClientCore(sample_rate=44100, channels=2, key=key)
             try:
@@ -258,9 +272,15 @@ def _attacker(server, key: bytes, seconds: float, out) -> None:
                 stats["hellos"] += 1
             except OSError:
                 pass
-        for s in held:  # keep the held sessions alive
+        for s in held:  # keep the held sessions alive, and abuse them
             try:
-                s.sock.sendto(s.core.ping(time.monotonic()), server)
+                s.sock.sendto(mut.control(s), server)
+                for _ in range(MUTATED_PER_ROUND):
+                    r = rng.random()
+                    d = (mut.flip(rng.choice(s.sent)) if r < 0.4 else
+                         mut.field(s) if r < 0.8 else rng.choice(s.sent))
+                    s.sock.sendto(d, server)
+                    stats["mutated"] += 1
             except OSError:
                 pass
         time.sleep(0.01)
@@ -326,6 +346,7 @@ def flood(server, key: bytes, mport: int, model: str, tmp: Path) -> dict:
                 drops[k.split('"')[1]] = int(d)
     return {
         "attacker": ATTACKER, "attacker_hellos": stats["hellos"],
+        "attacker_mutated_packets": stats["mutated"],
         "attacker_session_attempts": stats["attempts"],
         "attacker_sessions_opened": stats["sessions"],
         "server_sessions_open_before_second": open_before,
@@ -341,10 +362,11 @@ def flood(server, key: bytes, mport: int, model: str, tmp: Path) -> dict:
         "drops": drops,
         "second_address": "127.0.0.1", "second_connected": True,
         "second_received": rep.received, "second_expected": rep.expected,
-        "second_lost": rep.lost, "second_seconds": round(elapsed, 1),
+        "second_lost": rep.lost, "second_late": rep.late,
+        "second_seconds": round(elapsed, 1),
         "second_concealed": rep.concealed,
         "without_flood_received": calm.received, "without_flood_lost": calm.lost,
-        "without_flood_concealed": calm.concealed,
+        "without_flood_concealed": calm.concealed, "without_flood_late": calm.late,
     }
 
 
@@ -430,6 +452,8 @@ def render(r: dict) -> str:
         lines.append(f"| {k} | client core | {v['sent']} | {v['accepted']} |")
     f = r["flood"]
     lines += ["", f"flood from {f['attacker']}: {f['attacker_hellos']} HELLOs sent "
+              f"and {f.get('attacker_mutated_packets', 0)} replayed or mutated packets of "
+              "its own sessions; "
               f"({f['hellos_received_by_server']} HELLOs from anyone reached the server), "
               f"{f['attacker_session_attempts']} session attempts -> "
               f"{f['attacker_sessions_opened']} sessions known to it (limit 4; server: "
@@ -440,9 +464,11 @@ def render(r: dict) -> str:
               + ", ".join(f"{k} {v}" for k, v in f["drops"].items()),
               f"meanwhile {f['second_address']} connected and streamed: received "
               f"{f['second_received']}/{f['second_expected']}, lost {f['second_lost']}, "
-              f"concealed {f['second_concealed']} (the same clip just before, without the "
-              f"flood: received {f['without_flood_received']}, lost "
-              f"{f['without_flood_lost']}, concealed {f['without_flood_concealed']})"]
+              f"late {f.get('second_late', '-')}, concealed {f['second_concealed']} (the "
+              f"same clip just before, without the flood: received "
+              f"{f['without_flood_received']}, lost {f['without_flood_lost']}, late "
+              f"{f.get('without_flood_late', '-')}, concealed "
+              f"{f['without_flood_concealed']})"]
     i = r["input_rate"]
     lines += ["", f"input rate: sent {i['sent']} AUDIO in {i['seconds']} s "
               f"({i['factor_sent']}x real time); accepted {i['accepted']} "
