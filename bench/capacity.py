@@ -7,7 +7,6 @@ after the capture of the input block it answers, or never arrives.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from pathlib import Path
 from stemlink.bench import procs
 from stemlink.bench.latency import bench_audio, run_clients
 from stemlink.bench.machine import describe, machine
-from stemlink.bench.stats import markdown_table
+from stemlink.bench.stats import markdown_table, write_report
 
 
 def available_backends() -> list[str]:
@@ -112,8 +111,7 @@ def bench_capacity(model: str, backends: list[str], preset: str, seconds: float,
                                 max(ok) == max_clients}
     result = {"benchmark": "capacity", "command": "stemlink " + " ".join(sys.argv[1:]),
               "machine": machine(), "seconds": seconds, "backends": results}
-    (out / "capacity.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "capacity.md").write_text(render(result) + "\n")
+    write_report(out, "capacity", result, render(result))
     return result
 
 

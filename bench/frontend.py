@@ -19,7 +19,6 @@ rate/block AUDIO datagrams per second and receives stems times as many STEM data
 
 from __future__ import annotations
 
-import json
 import socket
 import statistics
 import sys
@@ -31,7 +30,7 @@ import numpy as np
 
 from stemlink.bench import frontend_reference as ref
 from stemlink.bench.machine import describe, machine
-from stemlink.bench.stats import markdown_table
+from stemlink.bench.stats import markdown_table, write_report
 from stemlink.wire import packets as pk
 from stemlink.wire.constants import PacketType, SampleFormat
 
@@ -161,6 +160,4 @@ def render(r: dict) -> str:
 
 
 def save(r: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "frontend.json").write_text(json.dumps(r, indent=2) + "\n")
-    (out / "frontend.md").write_text(render(r) + "\n")
+    write_report(out, "frontend", r, render(r))

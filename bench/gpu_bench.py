@@ -18,7 +18,6 @@ loads anything). NOT run yet: no GPU was lent to the task that wrote it.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 from stemlink.bench import precision as pr
 from stemlink.bench.machine import describe, machine
-from stemlink.bench.stats import markdown_table
+from stemlink.bench.stats import markdown_table, write_report
 from stemlink.engine.backend import OrtBackend, make_backend
 from stemlink.engine.card import load_card
 from stemlink.engine.copyplan import separator_frames
@@ -143,9 +142,7 @@ def bench_gpu(model: str, batches: list[int], iterations: int, seconds: float,
                                             "cuda_runtime": cuda().runtime_version()},
               "tensorrt": have_trt, "compute": compute, "sdr": sdr_rows, "capacity": cap,
               "best_batch1": best, "notes": notes}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "gpu.md").write_text(render(result) + "\n")
+    write_report(out, "gpu", result, render(result))
     return result
 
 

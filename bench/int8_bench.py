@@ -9,14 +9,13 @@ in a temporary folder (models are built at set-up, never committed)."""
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 from stemlink.bench import precision as pr
 from stemlink.bench.machine import describe, machine
-from stemlink.bench.stats import markdown_table
+from stemlink.bench.stats import markdown_table, write_report
 from stemlink.engine.backend import OrtBackend
 from stemlink.engine.card import load_card
 from stemlink.engine.offline import separate_offline
@@ -114,6 +113,4 @@ def render(r: dict) -> str:
 
 
 def save(r: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "int8.json").write_text(json.dumps(r, indent=2) + "\n")
-    (out / "int8.md").write_text(render(r) + "\n")
+    write_report(out, "int8", r, render(r))

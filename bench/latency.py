@@ -9,7 +9,6 @@ corresponds to it − the moment the block was sent (for the baseline: the momen
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from stemlink import audio as aio
 from stemlink import progress as prog
 from stemlink.bench import procs
 from stemlink.bench.machine import describe, machine
-from stemlink.bench.stats import markdown_table
+from stemlink.bench.stats import markdown_table, write_report
 from stemlink.errors import StemlinkError
 from stemlink.percentiles import summarize
 
@@ -181,8 +180,7 @@ def bench_latency(model: str, against: str | None, seconds: float, clients: int,
     if "baseline" in systems:
         result["ratio_stemlink_p99_to_baseline_p50"] = (
             systems["stemlink"]["latency_ms"]["p99"] / systems["baseline"]["latency_ms"]["p50"])
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text(render(result) + "\n")
+    write_report(out, "results", result, render(result))
     plot(result, out / PNG)
     return result
 

@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from stemlink.bench.jackrig import (
     self_test,
 )
 from stemlink.bench.machine import describe, machine
-from stemlink.bench.stats import markdown_table
+from stemlink.bench.stats import markdown_table, write_report
 from stemlink.errors import StemlinkError
 from stemlink.percentiles import summarize
 from stemlink.udp_client.live import SIGNAL_THRESHOLD
@@ -168,52 +167,24 @@ class LiveChild:
             return {}
 
 
-class AudioPathChild:
+class AudioPathChild(procs.Child):
     """A child on the audio path (the server, the relay) in its own session, so its
     priority can be raised; ready when its stderr shows `ready`."""
 
     def __init__(self, args: list[str], ready: str, nice: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stemlink", *args], stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True, start_new_session=True,
-            preexec_fn=die_with_parent)
-        self.nice_applied = raise_priority(self.proc.pid, nice) if nice else None
-        self.log: list[str] = []
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()  # it prints its banner when ready
-            if not line and self.proc.poll() is not None:
-                raise LiveBenchError(f"{args[0]} exited: {''.join(self.log)[-300:]}")
-            self.log.append(line)
-            if ready in line:
-                break
-        else:
-            self.stop()
-            raise LiveBenchError(f"{args[0]} did not start in time")
-        threading.Thread(target=self._drain, daemon=True).start()
-        self.t0, self.cpu0 = time.monotonic(), procs.cpu_seconds(self.proc.pid)
+        self.nice_applied = None
 
-    def _drain(self) -> None:
-        for line in self.proc.stderr:
-            if len(self.log) < 1000:
-                self.log.append(line)
+        def prioritise(proc: subprocess.Popen) -> None:
+            self.nice_applied = raise_priority(proc.pid, nice) if nice else None
+
+        super().__init__(["-m", "stemlink", *args], ready,
+                         popen={"start_new_session": True, "preexec_fn": die_with_parent},
+                         on_spawn=prioritise, start_timeout_s=SERVER_START_TIMEOUT_S,
+                         error=LiveBenchError, name=args[0])
 
     def session_ends(self) -> list[str]:
         """The server's one-line account of each session it closed (info log)."""
         return [ln.strip() for ln in self.log if "session" in ln and " ended (" in ln]
-
-    def cpu_use(self) -> float:
-        return ((procs.cpu_seconds(self.proc.pid) - self.cpu0)
-                / max(time.monotonic() - self.t0, 1e-9))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # ------------------------------------------------------------------------------ relay child
@@ -526,8 +497,7 @@ def bench_live(model: str, presets: list[str], rates: list[int], profiles: list[
                          jack_server, backend, out, seed, stop_signal, realtime, sync, nice,
                          keep_audio)
     result["load_before"] = load
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text(render(result) + "\n")
+    write_report(out, "results", result, render(result))
     plot(result, out / PNG)
     return result
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import shlex
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from stemlink import audio as aio
 from stemlink.bench import procs
 from stemlink.bench.fidelity import sdr
 from stemlink.bench.machine import describe, machine
-from stemlink.bench.stats import markdown_table
+from stemlink.bench.stats import markdown_table, write_report
 from stemlink.errors import StemlinkError
 from stemlink.percentiles import summarize
 
@@ -313,8 +312,7 @@ def bench_network(model: str, audio: str | None, seconds: float | None, profiles
         "recovery_s": RECOVERY_S, "runs": results, "sweep": sweep or [],
         "paced": realtime,
     }
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text(render(result) + "\n")
+    write_report(out, "results", result, render(result))
     plot(result, out / PNG)
     if sweep:
         (out / "loss.md").write_text(render_sweep(result) + "\n")

@@ -17,7 +17,6 @@ figure (the least disturbed by other processes on a shared machine).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from stemlink.bench.machine import describe, machine
-from stemlink.bench.stats import markdown_table
+from stemlink.bench.stats import markdown_table, write_report
 from stemlink.wire import packets as pk
 from stemlink.wire.constants import Features
 
@@ -150,6 +149,4 @@ def render(r: dict) -> str:
 
 
 def save(r: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline.json").write_text(json.dumps(r, indent=2) + "\n")
-    (out / "pipeline.md").write_text(render(r) + "\n")
+    write_report(out, "pipeline", r, render(r))

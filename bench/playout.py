@@ -16,7 +16,6 @@ the step: until the buffer's delay first covers 99.9 % of the new regime's arriv
 from __future__ import annotations
 
 import dataclasses
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 
 from stemlink.bench.machine import describe, machine
 from stemlink.bench.relay import PROFILES, Impairment, LinkSpec
-from stemlink.bench.stats import markdown_table
+from stemlink.bench.stats import markdown_table, write_report
 from stemlink.udp_client.jitter import JitterBuffer, JitterConfig
 
 SR = 44100
@@ -120,8 +119,7 @@ def bench_playout(profiles: list[str], step_jitter_ms: float, seconds: float, fi
     out.mkdir(parents=True, exist_ok=True)
     slim = {**res, "results": [{k: v for k, v in r.items() if k != "trace"}
                                for r in results]}
-    (out / "results.json").write_text(json.dumps(slim, indent=2) + "\n")
-    (out / "results.md").write_text(render(res) + "\n")
+    write_report(out, "results", slim, render(res))
     plot(res, out / PNG)
     return res
 

@@ -31,19 +31,34 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Child:
-    def __init__(self, args: list[str], ready: str, stats: Path) -> None:
+    """A stemlink process under test, ready once its stderr shows `ready`; its stderr is
+    kept (1000 lines) and drained so that a chatty child never blocks on a full pipe.
+
+    popen: extra subprocess.Popen arguments (a session of its own, say); on_spawn runs
+    with the process before it is awaited (to raise its priority); start_timeout_s bounds
+    the wait between banner lines; failures raise `error` naming the child `name`."""
+
+    def __init__(self, args: list[str], ready: str, stats: Path | None = None, *,
+                 popen: dict | None = None, on_spawn=None,
+                 start_timeout_s: float | None = None, error: type = StemlinkError,
+                 name: str = "server under test") -> None:
         self.stats = stats
         self.proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, **(popen or {}))
+        if on_spawn is not None:
+            on_spawn(self.proc)
         self.log: list[str] = []
+        deadline = None if start_timeout_s is None else time.monotonic() + start_timeout_s
         while ready:
+            if deadline is not None and time.monotonic() > deadline:
+                self.stop()
+                raise error(f"{name} did not start in time")
             line = self.proc.stderr.readline()  # the server prints its banner when ready
             if not line and self.proc.poll() is not None:
-                raise StemlinkError(f"server under test exited: {''.join(self.log)[-500:]}")
+                raise error(f"{name} exited: {''.join(self.log)[-500:]}")
             self.log.append(line)
             if ready in line:
                 break
-        # keep draining stderr so that a chatty child never blocks on a full pipe
         threading.Thread(target=self._drain, daemon=True).start()
         self.t0 = time.monotonic()
         self.cpu0 = cpu_seconds(self.proc.pid)
@@ -58,6 +73,7 @@ class Child:
         return (cpu_seconds(self.proc.pid) - self.cpu0) / max(time.monotonic() - self.t0, 1e-9)
 
     def stop(self) -> dict:
+        """SIGTERM (SIGKILL after 20 s); the stats file it wrote, if any."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -65,6 +81,8 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.stats is None:
+            return {}
         try:
             return json.loads(self.stats.read_text())
         except (OSError, ValueError):

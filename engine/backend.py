@@ -84,7 +84,18 @@ def _shape(card: ModelCard, graph: GraphSpec, batch: int) -> tuple[tuple, tuple]
     return ins, outs
 
 
-class OrtBackend:
+class Activated:
+    """`with backend:` activates it and deactivates it on the way out."""
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+
+class OrtBackend(Activated):
     """ONNX Runtime with IOBinding onto numpy buffers allocated once in activate().
 
     The CPUExecutionProvider with session options chosen for latency (sequential
@@ -161,13 +172,6 @@ class OrtBackend:
         self._session = None
         self.inputs = np.empty((0,), np.float32)
         self.outputs = np.empty((0,), np.float32)
-
-    def __enter__(self) -> OrtBackend:
-        self.activate()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.deactivate()
 
 
 def make_backend(kind: str, card: ModelCard, folder: str | Path, **kw) -> Backend:

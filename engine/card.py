@@ -3,6 +3,7 @@ model, so that nothing downstream is specific to one model."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -10,6 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from stemlink.engine.errors import ModelCardError
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file (sources and plans the card records), read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
 
 CARD_FILE = "model.json"
 CARD_VERSION = 1

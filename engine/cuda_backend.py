@@ -28,7 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from stemlink.engine import copyplan
-from stemlink.engine.backend import check_io, import_ort, load_session, session_options
+from stemlink.engine.backend import (
+    Activated,
+    check_io,
+    import_ort,
+    load_session,
+    session_options,
+)
 from stemlink.engine.card import ModelCard
 from stemlink.engine.errors import EngineError
 
@@ -76,7 +82,7 @@ def provider_problem(available: list[str], active: list[str] | None = None) -> s
     return None
 
 
-class OrtCudaBackend:
+class OrtCudaBackend(Activated):
     """See the module docstring. `output_frames`: (lo, hi) of the window's output frames
     to bring back per infer() (copyplan.separator_frames), None for all."""
 
@@ -196,10 +202,3 @@ class OrtCudaBackend:
         self._owned = []
         self.inputs = np.empty((0,), np.float32)
         self.outputs = np.empty((0,), np.float32)
-
-    def __enter__(self) -> OrtCudaBackend:
-        self.activate()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.deactivate()

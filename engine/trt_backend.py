@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from stemlink.engine import copyplan, trt_plan
+from stemlink.engine.backend import Activated
 from stemlink.engine.card import ModelCard
 from stemlink.engine.errors import EngineError
 
@@ -48,7 +49,7 @@ def host_facts(device_id: int = 0) -> trt_plan.HostFacts:
     return trt_plan.HostFacts(trt.__version__, dev.name, dev.sm)
 
 
-class TrtBackend:
+class TrtBackend(Activated):
     def __init__(self, card: ModelCard, folder: str | Path, *, graph: str = "streaming",
                  batch: int = 1, precision: str = "fp32", device_id: int = 0,
                  cuda_graph: bool = True, output_frames: tuple[int, int] | None = None,
@@ -189,10 +190,3 @@ class TrtBackend:
         self._owned, self._graphs, self._seen = [], {}, set()
         self.inputs = np.empty((0,), np.float32)
         self.outputs = np.empty((0,), np.float32)
-
-    def __enter__(self) -> TrtBackend:
-        self.activate()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.deactivate()

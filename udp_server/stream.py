@@ -70,7 +70,6 @@ class Stream:
         self.conceal = Concealer(channels, block, DEFAULT_METHOD, sample_rate)
         self._in = np.zeros((channels, block), np.float32)
         self.pos: int | None = None  # next input sample the separator expects
-        self._ended = False  # LAST seen (a restart of the sender's timeline clears it)
         # output blocks whose samples depend on concealed input: [from, until)
         self._cfrom, self._cuntil = 0, 0
         self.counters: Counter = Counter()
@@ -106,7 +105,6 @@ class Stream:
             self.pos = job.timestamp - self.memory
             self._jump(self.memory)
             self.pos = job.timestamp
-            self._ended = False
             self.counters["restarts"] += 1
         if self.pos is None:
             self.pos = job.timestamp
@@ -180,10 +178,6 @@ class Stream:
             self.stem_seq[k] = (self.stem_seq[k] + 1) & 0xFFFFFFFF
             if self.fec is not None:
                 self._parity(k, d, ts, flags, sent_ns, out)
-        if flags & Flags.LAST:
-            # the stream's end: one copy of the final block per stem; a client flagging
-            # LAST again (on every block, say) gets no more parity than any other
-            self._ended = True
         self.counters["stem_packets"] += self.n_stems
 
     def _parity(self, k: int, d: bytes, ts: int, flags: int, sent_ns: int,
@@ -191,7 +185,7 @@ class Stream:
         w = self.writer
         for pts, body, pflags in self.fec[k].add(
                 ts, memoryview(d)[HEADER_SIZE:HEADER_SIZE + w.payload_len],
-                bool(flags & Flags.LAST) and not self._ended):
+                bool(flags & Flags.LAST)):
             out.append(pk.encode(pk.Header(PacketType.STEM, pflags | (flags & Flags.CONCEALED),
                                            self.session, self.stem_seq[k], pts, sent_ns,
                                            w.frames, w.channels, w.format, k), body,

@@ -68,7 +68,10 @@ Parity = tuple[int, bytes, int]  # (timestamp of the first block covered, payloa
 
 class RedundancyEncoder:
     """One stream's parity builder. `add(ts, payload, last)` after each media datagram
-    returns the parity datagrams due now (none, one, or two at the end of a chain)."""
+    returns the parity datagrams due now (none, one, or two at the end of a chain).
+    The copy of a final block is made once per timeline, however many blocks say `last`
+    (a sender flagging every block gets no more parity than any other); a timestamp
+    going back starts a new timeline."""
 
     def __init__(self, frames: int, payload_len: int, layout: Layout = Layout.PAIRS) -> None:
         self.frames = frames
@@ -76,12 +79,15 @@ class RedundancyEncoder:
         self._prev = np.zeros(payload_len, np.uint8)
         self._parity = np.zeros(payload_len, np.uint8)
         self._prev_ts = -1
+        self._copied_end = False  # this timeline's final block was copied
         self.parities = 0
 
     def add(self, ts: int, payload: bytes | memoryview, last: bool = False) -> list[Parity]:
         k = ts // self.frames
         pcm = np.frombuffer(payload, np.uint8, count=self._prev.shape[0])
         out: list[Parity] = []
+        if ts < self._prev_ts:  # the sender started over
+            self._copied_end = False
         covers_pair = self.layout is Layout.CHAIN or k % 2 == 1
         # the block before was sent (no gap): parity over the two
         if covers_pair and self._prev_ts == ts - self.frames:
@@ -90,8 +96,9 @@ class RedundancyEncoder:
         np.copyto(self._prev, pcm)
         self._prev_ts = ts
         # the final block: a copy, so that it too is covered (twice in a chain)
-        if last and (self.layout is Layout.CHAIN or k % 2 == 0):
+        if last and not self._copied_end and (self.layout is Layout.CHAIN or k % 2 == 0):
             out.append((ts, pcm.tobytes(), int(Flags.REDUNDANT | Flags.LAST)))
+        self._copied_end = self._copied_end or last
         self.parities += len(out)
         return out
 
