@@ -183,8 +183,9 @@ class AudioPathChild(procs.Child):
                          error=LiveBenchError, name=args[0])
 
     def session_ends(self) -> list[str]:
-        """The server's one-line account of each session it closed (info log)."""
-        return [ln.strip() for ln in self.log if "session" in ln and " ended (" in ln]
+        """The server's one-line account of each session it closed (its JSON log line,
+        event session_end)."""
+        return [ln.strip() for ln in self.log if '"event":"session_end"' in ln]
 
 
 # ------------------------------------------------------------------------------ relay child

@@ -360,3 +360,22 @@ def test_live_with_redundancy_through_a_lossy_link_repairs_stem_blocks(model_dir
     assert stats["repaired"] > 0  # stem blocks rebuilt from parity, not concealed
     assert stats["capture_overruns"] == 0
     assert stats["jitter"]["pushed"] > stats["blocks_sent"]  # most stem blocks played
+
+
+def test_live_bench_finds_the_servers_session_end_lines():
+    """bench live reads each session's account from the server's log: the JSON line the
+    server really writes (it once looked for a human-readable line the server no longer
+    prints, and found nothing)."""
+    from types import SimpleNamespace
+
+    from stemlink.bench.live_bench import AudioPathChild
+    from stemlink.udp_server.core import session_log_line
+
+    s = SimpleNamespace(id=0xABC, addr=("127.0.0.1", 40000))
+    child = AudioPathChild.__new__(AudioPathChild)  # its log only: no process
+    child.log = ["stemlink serving ...\n",
+                 "2026-11-26 stemlink.server " + session_log_line("session_start", s) + "\n",
+                 "2026-11-26 stemlink.server " + session_log_line("session_end", s,
+                                                                    reason="bye") + "\n"]
+    (line,) = child.session_ends()
+    assert '"reason":"bye"' in line and '"session":"00000abc"' in line
